@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine (see README.md):
+#   make serve   build the demo model if model_store/ has none, then start the service
+#   make test    lint and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL_STORE ?= model_store
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve demo test lint bench container-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/alexnet-demo --model-store $(MODEL_STORE)
+
+serve: $(STAMP)
+	$(BIN)/alexnet-demo --model-store $(MODEL_STORE) --if-empty
+	$(BIN)/alexnet-serve --model-store $(MODEL_STORE) --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

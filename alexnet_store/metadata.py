@@ -1,0 +1,204 @@
+"""`metadata.json`: what travels with every model version.
+
+Writers build a `ModelMetadata` and call `to_json()`; readers call `ModelMetadata.from_json()`, which
+rejects a file that lacks a field or has one of the wrong type with a message naming the field, so a
+broken store fails at load time with a clear error instead of at the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FORMAT_VERSION = 1
+
+CropScheme = Literal["ten", "center"]
+Precision = Literal["fp32", "int8"]
+
+
+class MetadataError(ValueError):
+    """metadata.json is missing, malformed, or inconsistent with the model."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output class: `id` is the folder name (an ImageNet wnid, say), `name` what people read."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input (the paper's evaluation procedure).
+
+    The shorter side is resized to `resize_size` (bilinear, antialiased), the central square of that
+    size is cut out, and `crop_size` patches are taken from it: the centre one, or with `crops="ten"` the
+    four corners and the centre plus their horizontal flips. Pixels are scaled to [0, 1] and normalised
+    per channel (RGB) with `mean`/`std`; the network takes NCHW float32.
+    """
+
+    resize_size: int = 256
+    crop_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crops: CropScheme = "ten"
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """The ONNX file of a version: its checksum (verified on load) and its I/O names."""
+
+    file: str
+    sha256: str
+    opset: int
+    input_name: str = "input"
+    output_name: str = "logits"
+    output_kind: Literal["logits"] = "logits"
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Parity:
+    """ONNX Runtime against PyTorch on real images, measured by the export that wrote the version."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    tolerance: float
+    images: int
+    reference: str = "pytorch"
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    dataset: str
+    epochs: int
+    train_images: int
+    val_images: int
+    val_top1: float | None = None
+    val_top5: float | None = None
+    best_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    num_classes: int
+    parameters: int
+    grouped: bool
+    lrn: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: int
+    created_at: str
+    architecture: Architecture
+    labels: tuple[Label, ...]
+    preprocessing: Preprocessing
+    onnx: OnnxInfo
+    parity: Parity | None = None
+    precision: Precision = "fp32"
+    training: TrainingSummary | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelMetadata:
+        meta = _build(cls, data, "metadata")
+        if meta.format_version > FORMAT_VERSION:
+            raise MetadataError(
+                f"metadata format_version {meta.format_version} is newer than this code understands "
+                f"({FORMAT_VERSION}); upgrade the service"
+            )
+        if meta.architecture.num_classes != len(meta.labels):
+            raise MetadataError(
+                f"metadata has {len(meta.labels)} labels but the architecture has "
+                f"{meta.architecture.num_classes} classes"
+            )
+        if meta.preprocessing.crop_size > meta.preprocessing.resize_size:
+            raise MetadataError("preprocessing.crop_size is larger than preprocessing.resize_size")
+        return meta
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"metadata.json is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against the type annotation `tp` and build dataclasses from dicts, recursively."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise MetadataError(f"{where}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MetadataError(f"{where}: missing field '{f.name}'")
+        return tp(**kwargs)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _build(arg, value, where)
+            except MetadataError as exc:
+                errors.append(str(exc))
+        raise MetadataError("; ".join(errors))
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise MetadataError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise MetadataError(f"{where}: expected a list, got {type(value).__name__}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise MetadataError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MetadataError(f"{where}: expected an object, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MetadataError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp in (int, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise MetadataError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")  # a programming error, not bad data

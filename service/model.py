@@ -1,0 +1,115 @@
+"""The served classifier, in KServe's steps: load → preprocess → predict → postprocess.
+
+Each step is a plain method, testable alone; the HTTP layer and `alexnet-eval` compose them. The model
+knows nothing of HTTP; errors from preprocess are `ImageError`s that carry their status code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from alexnet_store import ModelVersion
+from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
+from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, image_to_crops
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+def resolve_providers(requested: Sequence[str] | None) -> list[str]:
+    """`None`/["auto"]: CUDA first when this onnxruntime build has it, then CPU. Unknown names are an error."""
+    available = ort.get_available_providers()
+    if not requested or list(requested) == ["auto"]:
+        return [p for p in (CUDA, CPU) if p in available]
+    unknown = [p for p in requested if p not in available]
+    if unknown:
+        raise ValueError(f"execution providers {unknown} are not in this onnxruntime build (available: {available})")
+    return list(requested)
+
+
+class ClassifierModel:
+    def __init__(self, version: ModelVersion, providers: Sequence[str] | None = None,
+                 intra_op_threads: int = 0, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+        self.version = version
+        self.metadata = version.metadata
+        self.requested_providers = resolve_providers(providers)
+        self.intra_op_threads = intra_op_threads
+        self.limits = limits
+        self.session: ort.InferenceSession | None = None
+        self.labels = [lab.name for lab in self.metadata.labels]
+
+    # -- load -------------------------------------------------------------------------------------------
+    @property
+    def provider(self) -> str:
+        """The execution provider the session actually runs on (never just what was asked for)."""
+        if self.session is None:
+            raise RuntimeError("model not loaded")
+        return self.session.get_providers()[0]
+
+    @property
+    def ready(self) -> bool:
+        return self.session is not None
+
+    def load(self, warmup_batch: int = 10) -> None:
+        """Verify the checksum, build the serving graph, open the session, and run it once."""
+        self.version.verify()
+        serving = build_serving_model(onnx.load(str(self.version.onnx_path)), self.metadata)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.intra_op_threads
+        session = ort.InferenceSession(serving.SerializeToString(), options, providers=self.requested_providers)
+        got = session.get_providers()
+        if self.requested_providers[0] != got[0]:
+            log.warning("asked for %s but onnxruntime runs on %s (CUDA libraries or GPU unavailable)",
+                        self.requested_providers[0], got[0])
+        self.session = session
+        start = time.perf_counter()
+        crop = self.metadata.preprocessing.crop_size
+        self.predict(np.zeros((warmup_batch, crop, crop, 3), np.uint8))
+        log.info("model %s v%d loaded on %s; warm-up batch of %d in %.0f ms", self.metadata.name,
+                 self.metadata.version, got[0], warmup_batch, 1000 * (time.perf_counter() - start))
+
+    # -- preprocess -------------------------------------------------------------------------------------
+    def preprocess(self, data: bytes, crops: CropScheme) -> np.ndarray:
+        pre = self.metadata.preprocessing
+        return image_to_crops(data, crops, pre.resize_size, pre.crop_size, self.limits)
+
+    # -- predict ----------------------------------------------------------------------------------------
+    def predict(self, patches: np.ndarray) -> np.ndarray:
+        """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K] (one run, any M)."""
+        if self.session is None:
+            raise RuntimeError("model not loaded")
+        (probs,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: patches})
+        return probs
+
+    # -- postprocess ------------------------------------------------------------------------------------
+    def postprocess(self, probs: np.ndarray, top_k: int) -> list[Prediction]:
+        """Probabilities of one image's patches [n, K] → its top-k classes, softmax averaged over patches."""
+        mean = probs.mean(axis=0)
+        k = min(top_k, mean.shape[0])
+        top = np.argpartition(-mean, k - 1)[:k]
+        top = top[np.argsort(-mean[top], kind="stable")]
+        return [Prediction(int(i), self.labels[i], float(mean[i])) for i in top]
+
+    def classify(self, images: Sequence[bytes], crops: CropScheme = "ten", top_k: int = 5) -> list[list[Prediction]]:
+        """All four steps for a list of encoded images, in one model run."""
+        patches = [self.preprocess(data, crops) for data in images]
+        probs = self.predict(np.concatenate(patches))
+        n = patches[0].shape[0]
+        return [self.postprocess(probs[i * n:(i + 1) * n], top_k) for i in range(len(images))]

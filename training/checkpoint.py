@@ -1,0 +1,58 @@
+"""Training checkpoints: everything `--resume` needs to continue exactly, and everything export needs.
+
+Keys read by export (the contract between train and export): ``model_config``, ``model_state``,
+``labels``, ``preprocessing``, ``summary``. The rest (optimizer, scheduler, RNG states, history) belongs
+to the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexnet_store import Label
+from training.network import AlexNet
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write atomically (temporary file + rename) so an interrupted save never corrupts the last one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # Checkpoints hold plain tensors, numbers, strings, lists and dicts (RNG states included), so the
+        # safe loader is enough.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    missing = [k for k in ("model_config", "model_state", "labels", "preprocessing") if k not in ckpt]
+    if ckpt.get("format") != CHECKPOINT_FORMAT or missing:
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (missing {missing})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> AlexNet:
+    model = AlexNet(**ckpt["model_config"])
+    model.load_state_dict(ckpt["model_state"])
+    return model
+
+
+def labels_from_checkpoint(ckpt: dict[str, Any]) -> list[Label]:
+    return [Label(id=str(i), name=str(n)) for i, n in ckpt["labels"]]
