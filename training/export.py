@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "name per line; overrides the checkpoint's names")
     p.add_argument("--no-grouping", action="store_true",
                    help="--random-init only: dense conv2/4/5 (torchvision's variant) instead of the paper's groups=2")
-    p.add_argument("--init", choices=INIT_SCHEMES, default="paper", help="--random-init weight init (default: %(default)s)")
+    p.add_argument("--init", choices=INIT_SCHEMES, default="paper",
+                   help="--random-init weight init (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="--random-init seed (default: %(default)s)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     p.add_argument("--parity-images", type=Path,
