@@ -1,0 +1,77 @@
+"""Fixtures shared by every test area: a real exported model, the shared sample images, GPU detection."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@functools.cache
+def cuda_provider_works() -> bool:
+    """True only where ONNX Runtime can really run on CUDA (it lists CUDA even where it cannot load it)."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return False
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+    except Exception:
+        return False
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not cuda_provider_works():
+        skip = pytest.mark.skip(reason="no CUDA GPU usable by ONNX Runtime here")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout (real ImageNet photos); tests that need it skip without it."""
+    if not (SHARED_DATA / "imagenet-samples").is_dir():
+        pytest.skip("../shared/data/imagenet-samples is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_images(shared_data: Path) -> list[Path]:
+    return sorted(p for p in (shared_data / "imagenet-samples").iterdir() if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    """A real 10-class AlexNet (He init, so its outputs are far from uniform), exported once per session.
+
+    Returns (store_root, ModelVersion, the PyTorch model in eval mode) — the model is the independent
+    reference that ONNX Runtime results are compared against.
+    """
+    import torch
+
+    from alexnet_store import Label, ModelStore, Preprocessing
+    from training.export import export_to_store
+    from training.network import build_alexnet
+
+    torch.manual_seed(1234)
+    model = build_alexnet(10, init="kaiming").eval()
+    root = tmp_path_factory.mktemp("store")
+    labels = [Label(id=f"n0{i}", name=name) for i, name in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])]
+    version = export_to_store(model, ModelStore(root), "testnet", labels, Preprocessing(), log=lambda _m: None)
+    return root, version, model

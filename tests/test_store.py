@@ -1,0 +1,115 @@
+"""The model-store contract: complete versions only, never overwritten, metadata validated on read."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from alexnet_store import ModelMetadata, ModelNotFoundError, ModelStore, StoreError
+from alexnet_store.store import METADATA_FILE
+
+
+def _publish_copy(store: ModelStore, source, name: str = "copy"):
+    """Publish a copy of an existing version's files under `name` (no export needed: pure store mechanics)."""
+    with store.new_version(name) as staging:
+        (staging.path / "model.onnx").write_bytes(source.onnx_path.read_bytes())
+        meta = source.metadata
+        return staging.commit(lambda v: ModelMetadata.from_dict({**meta.to_dict(), "name": name, "version": v}))
+
+
+def test_metadata_round_trip(exported):
+    _, version, _ = exported
+    text = version.metadata.to_json()
+    again = ModelMetadata.from_json(text)
+    assert again == version.metadata
+    assert again.num_classes == 10
+    assert again.preprocessing.crops == "ten"
+    assert again.parity is not None and again.parity.max_rel_diff <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("labels"), "missing field 'labels'"),
+        (lambda d: d["preprocessing"].update(crop_size="224"), "preprocessing.crop_size: expected int"),
+        (lambda d: d["preprocessing"].update(crops="seven"), "is not one of"),
+        (lambda d: d["labels"].pop(), "9 labels but the architecture has 10"),
+        (lambda d: d.update(format_version=99), "newer than this code understands"),
+    ],
+)
+def test_metadata_errors_name_the_field(exported, mutate, message):
+    _, version, _ = exported
+    data = json.loads(version.metadata.to_json())
+    mutate(data)
+    with pytest.raises(ValueError, match=message):
+        ModelMetadata.from_dict(data)
+
+
+def test_versions_are_numbered_and_never_overwritten(exported, tmp_path):
+    _, source, _ = exported
+    store = ModelStore(tmp_path)
+    first = _publish_copy(store, source)
+    first_bytes = (first.path / METADATA_FILE).read_bytes()
+    second = _publish_copy(store, source)
+    assert (first.version, second.version) == (1, 2)
+    assert (first.path / METADATA_FILE).read_bytes() == first_bytes
+    assert store.resolve("copy").version == 2
+    assert store.resolve("copy", 1).path == first.path
+
+
+def test_concurrent_publishers_get_distinct_versions(exported, tmp_path):
+    _, source, _ = exported
+    store = ModelStore(tmp_path)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(_publish_copy(store, source).version)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [1, 2, 3, 4]
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    store = ModelStore(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"), store.new_version("broken") as staging:
+        (staging.path / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert store.versions("broken") == []
+    assert [p.name for p in (tmp_path / "broken").iterdir() if not p.name.startswith(".lock")] == []
+
+
+def test_squatting_directory_is_skipped_not_overwritten(exported, tmp_path):
+    _, source, _ = exported
+    store = ModelStore(tmp_path)
+    (tmp_path / "copy" / "1").mkdir(parents=True)  # someone made an empty "1" by hand
+    published = _publish_copy(store, source)
+    assert published.version == 2
+    assert list((tmp_path / "copy" / "1").iterdir()) == []
+
+
+def test_resolve_errors_are_clear(exported, tmp_path):
+    root, _, _ = exported
+    store = ModelStore(root)
+    assert store.resolve().name == "testnet"  # the only model: no name needed
+    with pytest.raises(ModelNotFoundError, match=r"no model named 'nope'.*testnet"):
+        store.resolve("nope")
+    with pytest.raises(ModelNotFoundError, match="no version 7"):
+        store.resolve("testnet", 7)
+    with pytest.raises(StoreError, match="invalid model name"):
+        store.resolve("../etc")
+    with pytest.raises(ModelNotFoundError, match="holds 0 models"):
+        ModelStore(tmp_path).resolve()
+
+
+def test_checksum_mismatch_is_detected(exported, tmp_path):
+    _, source, _ = exported
+    store = ModelStore(tmp_path)
+    copy = _publish_copy(store, source)
+    copy.verify()
+    with open(copy.onnx_path, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02")
+    with pytest.raises(StoreError, match="sha256"):
+        store.resolve("copy").verify()
