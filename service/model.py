@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from alexnet_store import ModelVersion
 from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
-from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, image_to_crops
+from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, PreparedImage, image_to_crops, prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ class ClassifierModel:
     def preprocess(self, data: bytes, crops: CropScheme) -> np.ndarray:
         pre = self.metadata.preprocessing
         return image_to_crops(data, crops, pre.resize_size, pre.crop_size, self.limits)
+
+    def prepare(self, data: bytes, crops: CropScheme) -> PreparedImage:
+        """preprocess, also keeping the file's format and size (what the service reports per image)."""
+        pre = self.metadata.preprocessing
+        return prepare_image(data, crops, pre.resize_size, pre.crop_size, self.limits)
 
     # -- predict ----------------------------------------------------------------------------------------
     def predict(self, patches: np.ndarray) -> np.ndarray:

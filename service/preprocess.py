@@ -6,6 +6,18 @@ It reproduces torchvision's ``Resize(256)`` (Pillow bilinear, antialiased), ``Ce
 graph, so what travels to the model is uint8, a quarter of the bytes of float32.
 
 Errors carry the HTTP status a route should answer with, so every caller reports bad input the same way.
+
+What real uploads need, and how it is handled here:
+- formats: JPEG (and MPO, the multi-picture JPEG of cameras), PNG, WebP, BMP, GIF, TIFF; for animated or
+  multi-page files the first frame (Image.open leaves the file there; counting frames is never needed);
+- EXIF orientation applied (a file whose EXIF block is broken is used as stored);
+- grayscale, bilevel, palette, CMYK, YCbCr → RGB; RGBA/LA/PA and palette transparency composited on white;
+  16-bit and 32-bit grayscale scaled to 8 bits, not clipped;
+- images smaller than the resize size are upscaled (the same bilinear resize as for larger ones);
+- large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (Pillow's draft mode) as long as the shorter
+  side stays at least the resize size, so a 12-megapixel photo is never decoded in full;
+- decompression bombs: the pixel count in the header is checked before any pixel is decoded;
+- extreme aspect ratios (a 1×20000 strip) resize only the central region, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -24,19 +36,31 @@ CROPS_PER_SCHEME: dict[str, int] = {"ten": 10, "center": 1}
 
 # Formats real uploads come in. Image.open is restricted to these: no EPS/PostScript (Ghostscript),
 # no exotic decoders reachable from the network.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# MPO (the multi-picture JPEG of cameras) is opened by the JPEG plugin in recent Pillow, by its own in older
+# ones: only formats this Pillow registers are passed to Image.open (an unknown one is a KeyError there).
+Image.init()
+ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN)
+ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF"  # as told to clients
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, as a browser page shows them
+# The pixel limit is DecodeLimits.max_pixels, checked on the header below; Pillow's own warning (at 89 M
+# pixels) would only duplicate it. Pillow still raises DecompressionBombError at 2× its limit: that is a 413 too.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Above this many times the square's area, only the central region is resized (see resize_square).
+_MAX_RESIZE_AREA_FACTOR = 16
 
 
 class ImageError(ValueError):
     """An upload that cannot be turned into patches; `status` is the HTTP status to answer with."""
 
     status: int = 400
+    reason: str = "corrupt"  # a short machine-readable kind: empty, unsupported, too_many_pixels, corrupt, ...
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        if reason is not None:
+            self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -51,22 +75,26 @@ DEFAULT_LIMITS = DecodeLimits()
 
 def decode_image(data: bytes, resize_size: int, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
     """Bytes → RGB Pillow image, oriented by EXIF, decoded no larger than the resize needs (JPEG draft)."""
+    return _decode(data, resize_size, limits)[0]
+
+
+def _decode(data: bytes, resize_size: int, limits: DecodeLimits) -> tuple[Image.Image, str, tuple[int, int]]:
+    """decode_image, also returning the file's format and its stored size (before draft and EXIF rotation)."""
     if not data:
-        raise ImageError("the file is empty", status=422)
+        raise ImageError("the file is empty", status=422, reason="empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
         raise ImageError(
-            f"not a supported image (accepted: {', '.join(f for f in ALLOWED_FORMATS if f != 'MPO')})",
-            status=415,
+            f"not a supported image (accepted: {ACCEPTED_FORMATS})",
+            status=415, reason="unsupported",
         ) from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image has too many pixels: {exc}", status=413) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image has too many pixels: {exc}", status=413, reason="too_many_pixels") from exc
     except Exception as exc:  # a malformed header can raise almost anything inside a Pillow plugin
         raise ImageError(f"corrupt image header: {exc}") from exc
 
+    fmt = img.format or "unknown"
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}×{height})")
@@ -74,24 +102,31 @@ def decode_image(data: bytes, resize_size: int, limits: DecodeLimits = DEFAULT_L
         raise ImageError(
             f"image is {width}×{height} = {width * height:,} pixels, more than the limit of "
             f"{limits.max_pixels:,} (decompression-bomb guard)",
-            status=413,
+            status=413, reason="too_many_pixels",
         )
     try:
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)  # animated GIF/WebP/TIFF: the first frame
-        if limits.draft and img.format in ("JPEG", "MPO"):
+        if limits.draft and fmt in ("JPEG", "MPO"):
             short = min(width, height)
             min_side = limits.draft_min_side or resize_size
             if short > min_side:
                 scale = min_side / short
                 img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
-    except ImageError:
-        raise
-    except Exception as exc:  # truncated data, bad Huffman tables, broken EXIF...
+    except Exception as exc:  # truncated data, bad Huffman tables, broken zlib streams...
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    try:
+        img = _to_rgb(_orient(img))
+    except Exception as exc:  # a mode Pillow cannot convert (exotic TIFF) or data that fails late
+        raise ImageError(f"cannot convert the image to RGB: {exc}") from exc
+    return img, fmt, (width, height)
+
+
+def _orient(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored (the pixels are still a valid photo)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -119,9 +154,16 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
         new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
+    top, left = _center_offset(new_h, size), _center_offset(new_w, size)
+    if new_w * new_h > _MAX_RESIZE_AREA_FACTOR * size * size:
+        # A strip (aspect ratio > 16:1) would be resized to a huge image only to keep its centre: resize just
+        # the source region under the central square. Pillow's filter still reads the pixels around that
+        # region, so the result differs from the full resize by at most one grey level in a few pixels.
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box))
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    top, left = _center_offset(new_h, size), _center_offset(new_w, size)
     return np.asarray(img)[top:top + size, left:left + size]
 
 
@@ -147,3 +189,21 @@ def image_to_crops(data: bytes, scheme: CropScheme, resize_size: int, crop_size:
                    limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Uploaded bytes → uint8 patches [n, crop, crop, 3] (n = 10 or 1), ready for the serving graph."""
     return crop_patches(resize_square(decode_image(data, resize_size, limits), resize_size), crop_size, scheme)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An upload turned into patches, with what was learnt about the file on the way."""
+
+    patches: np.ndarray  # uint8 [n, crop, crop, 3]
+    format: str  # JPEG, PNG, ...
+    width: int  # as stored in the file (before EXIF rotation and draft scaling)
+    height: int
+
+
+def prepare_image(data: bytes, scheme: CropScheme, resize_size: int, crop_size: int,
+                  limits: DecodeLimits = DEFAULT_LIMITS) -> PreparedImage:
+    """image_to_crops, keeping the file's format and size for the response."""
+    img, fmt, (width, height) = _decode(data, resize_size, limits)
+    patches = crop_patches(resize_square(img, resize_size), crop_size, scheme)
+    return PreparedImage(patches, fmt, width, height)

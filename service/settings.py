@@ -1,0 +1,113 @@
+"""The service's settings: one pydantic-settings object, read from `ALEXNET_*` environment variables.
+
+Every field `foo` is set by the environment variable `ALEXNET_FOO` (case-insensitive); `alexnet-serve`'s
+flags override the environment. docs/api.md lists every setting with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "ALEXNET_"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", protected_namespaces=(),
+        validate_default=True,
+    )
+
+    # -- the model ----------------------------------------------------------------------------------------
+    model_store: Path = Field(Path("model_store"), description="root of the model store")
+    model_name: str | None = Field(None, description="model to serve; default: the only model in the store")
+    model_version: int | None = Field(None, ge=1, description="version to serve; default: the newest")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["auto"],
+        description="ONNX Runtime execution providers in order of preference, comma-separated; 'auto' = "
+                    "CUDAExecutionProvider first when this onnxruntime build has it, then CPUExecutionProvider",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = ORT's default (all physical cores) "
+                             "with one worker, cores ÷ workers with several")
+    warmup_batch: int = Field(10, ge=1, description="patches in the warm-up run before the service says ready")
+
+    # -- the server ---------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model session")
+    log_level: LogLevel = "info"
+    access_log: bool = True
+
+    # -- limits on what a request may contain ---------------------------------------------------------------
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest accepted image file")
+    max_request_bytes: int = Field(100 * 1024 * 1024, ge=1, description="largest accepted request body")
+    max_files_per_request: int = Field(32, ge=1, description="most images in one request")
+    max_pixels: int = Field(50_000_000, ge=1, description="most pixels (width × height) of one image")
+    jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when that still "
+                                               "gives at least the resize size (Pillow draft mode)")
+
+    # -- concurrency --------------------------------------------------------------------------------------
+    decode_threads: int = Field(0, ge=0, description="threads decoding images per worker; 0 = CPU count")
+    inference_concurrency: int = Field(1, ge=1, description="model runs at the same time per worker")
+    max_queued_inferences: int = Field(
+        64, ge=0, description="requests waiting for the model per worker before new ones get 503; 0 = no limit")
+    retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 503 answers")
+
+    # Set by alexnet-serve: a worker whose model fails to load exits (code 3) instead of staying unready.
+    exit_on_load_failure: bool = False
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",")]
+        if isinstance(value, list | tuple):
+            value = [str(p).strip() for p in value if str(p).strip()]
+            return value or ["auto"]
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _check_auto(cls, value: list[str]) -> list[str]:
+        if "auto" in value and value != ["auto"]:
+            raise ValueError("'auto' cannot be combined with explicit providers")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def provider_request(self) -> list[str] | None:
+        """What ClassifierModel takes: None for 'auto', else the list."""
+        return None if self.providers == ["auto"] else list(self.providers)
+
+    def effective_intra_op_threads(self) -> int:
+        if self.intra_op_threads or self.workers == 1:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def effective_decode_threads(self) -> int:
+        return self.decode_threads or max(1, os.cpu_count() or 1)
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as ALEXNET_* variables, so uvicorn's worker processes rebuild the same object."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
