@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -193,6 +194,7 @@ class InProcessBackend:
 
 # -- HTTP -------------------------------------------------------------------------------------------------
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+CONNECT_GRACE_S = 3.0  # a service that was just started may not be listening yet
 
 
 class HttpBackend:
@@ -200,8 +202,9 @@ class HttpBackend:
 
     def __init__(self, url: str, workers: int | None = None, batch_size: int = 8, retries: int = 6,
                  backoff: float = 0.5, max_backoff: float = 30.0, timeout: float = 300.0,
-                 ready_timeout: float = 60.0) -> None:
+                 ready_timeout: float = 60.0, transport: Any = None) -> None:
         self.url = url.rstrip("/")
+        self.transport = transport  # an httpx transport (tests pass httpx.MockTransport); None: the network
         self.workers = workers or 4
         self.batch_size = batch_size
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
@@ -211,35 +214,47 @@ class HttpBackend:
 
     # -- setup (synchronous: it runs before the progress bar) ------------------------------------------------
     def describe(self) -> ModelInfo:
+        """GET /v1/models, waiting while the service answers 503 (still loading) for up to `ready_timeout`."""
         if self._info is None:
             import httpx
 
-            try:
-                response = httpx.get(f"{self.url}/v1/models", timeout=30.0)
-            except httpx.HTTPError as exc:
-                raise BackendError(f"cannot reach the service at {self.url}: {exc}") from exc
-            if response.status_code != 200:
-                raise BackendError(f"GET {self.url}/v1/models answered {response.status_code}: {response.text[:300]}")
+            start = time.monotonic()
+            with httpx.Client(transport=self.transport, timeout=30.0) as client:
+                while True:
+                    waited = time.monotonic() - start
+                    try:
+                        response = client.get(f"{self.url}/v1/models")
+                    except httpx.TransportError as exc:
+                        if waited > CONNECT_GRACE_S:
+                            raise BackendError(f"cannot reach the service at {self.url}: {exc}") from exc
+                    else:
+                        if response.status_code == 200:
+                            break
+                        if response.status_code != 503 or waited > self.ready_timeout:
+                            raise BackendError(f"GET {self.url}/v1/models answered {response.status_code}: "
+                                               f"{_detail(response)}")
+                    time.sleep(0.5)
             self._info = parse_model_info(response.json())
         return self._info
 
     def start(self) -> None:
-        import time
-
+        """Wait for /health/ready (the model loaded and warmed up), then read the provider it runs on."""
         import httpx
 
         deadline = time.monotonic() + self.ready_timeout
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=10.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise BackendError(f"the service at {self.url} did not become ready in {self.ready_timeout:.0f} s")
-            time.sleep(0.5)
+        with httpx.Client(transport=self.transport, timeout=10.0) as client:
+            while True:
+                try:
+                    if client.get(f"{self.url}/health/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"the service at {self.url} did not become ready in {self.ready_timeout:.0f} s")
+                time.sleep(0.5)
         self._info = None
-        self.describe()  # the provider it reports once loaded
+        self.describe()
 
     def close(self) -> None:
         pass
@@ -274,7 +289,8 @@ class HttpBackend:
         jobs = iter([(positions[i:i + self.batch_size], scheme)
                      for i in range(0, len(positions), self.batch_size) for scheme in schemes])
         limits = httpx.Limits(max_connections=self.workers, max_keepalive_connections=self.workers)
-        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, limits=limits,
+                                     transport=self.transport) as client:
 
             async def worker() -> None:
                 for chunk, scheme in jobs:  # one shared iterator: each job is taken by exactly one worker

@@ -15,8 +15,8 @@ Two layouts are understood:
     which is **not** the sorted-wnid order models are trained with (ID 1 is n02119789 "kit fox", index 0
     of a sorted-wnid model is n01440764 "tench"), so this file needs a synset mapping (``--synsets``):
     the devkit's ``meta.mat`` (read with SciPy), or a text file that gives each ID its wnid — one wnid
-    per line in ID order, or lines holding a wnid and its integer ID in any order (such as the
-    ``map_clsloc.txt`` of later devkits: ``n02119789 1 kit_fox``).
+    per line in ID order, or lines holding an integer ID and, as their first other word, the wnid (such
+    as the ``map_clsloc.txt`` of later devkits: ``n02119789 1 kit_fox``).
 
 Classes the model does not know, images without ground truth and empty folders are `EvalDataError`s,
 raised before anything is decoded.
@@ -37,7 +37,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".
 LOC_SOLUTION = "LOC_val_solution.csv"
 DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 _VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)", re.IGNORECASE)
-_WNID = re.compile(r"^n\d{8}$")
 
 
 class EvalDataError(ValueError):
@@ -232,11 +231,14 @@ def read_synset_mapping(path: Path) -> dict[int, str]:
     mapping: dict[int, str] = {}
     for line_no, line in enumerate((ln for ln in path.read_text().splitlines() if ln.strip()), start=1):
         tokens = line.replace(",", " ").split()
-        wnids = [t for t in tokens if _WNID.match(t)]
         numbers = [int(t) for t in tokens if t.isdigit()]
-        if len(wnids) != 1:
-            raise EvalDataError(f"{path}: line {line_no} ({line.strip()!r}) does not hold exactly one wnid")
-        mapping[numbers[0] if numbers else line_no] = wnids[0]
+        words = [t for t in tokens if not t.isdigit()]
+        if not words:
+            raise EvalDataError(f"{path}: line {line_no} ({line.strip()!r}) names no synset")
+        number = numbers[0] if numbers else line_no
+        if number in mapping:
+            raise EvalDataError(f"{path}: ILSVRC2012_ID {number} is mapped twice (line {line_no})")
+        mapping[number] = words[0]  # the wnid: 'n02119789', '1 n02119789' and 'n02119789 1 kit_fox' all work
     return mapping
 
 
