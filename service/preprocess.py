@@ -46,6 +46,9 @@ _BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, as 
 # pixels) would only duplicate it. Pillow still raises DecompressionBombError at 2× its limit: that is a 413 too.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # Above this many times the square's area, only the central region is resized (see resize_square).
+# Keys of Image.info through which decode_image tells resize_square about a drafted (reduced-scale) decode.
+SOURCE_SIZE_KEY = "alexnet.source_size"
+DRAFT_EXTENT_KEY = "alexnet.draft_extent"
 _MAX_RESIZE_AREA_FACTOR = 16
 
 
@@ -104,29 +107,54 @@ def _decode(data: bytes, resize_size: int, limits: DecodeLimits) -> tuple[Image.
             f"{limits.max_pixels:,} (decompression-bomb guard)",
             status=413, reason="too_many_pixels",
         )
+    box = None  # with draft: where the whole stored image lies in decoded pixels, (0, 0, W/s, H/s)
     try:
         if limits.draft and fmt in ("JPEG", "MPO"):
             short = min(width, height)
             min_side = limits.draft_min_side or resize_size
             if short > min_side:
                 scale = min_side / short
-                img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+                drafted = img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+                if drafted is not None and img.size != (width, height):
+                    box = tuple(float(v) for v in drafted[1])
         img.load()
     except Exception as exc:  # truncated data, bad Huffman tables, broken zlib streams...
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
     try:
-        img = _to_rgb(_orient(img))
+        decoded_size = img.size
+        img, orientation = _orient(img)
+        img = _to_rgb(img)
     except Exception as exc:  # a mode Pillow cannot convert (exotic TIFF) or data that fails late
         raise ImageError(f"cannot convert the image to RGB: {exc}") from exc
+    if box is not None:
+        # Reduced-scale decoding rounds the size up to whole pixels (1601 rows / 4 → 401 decoded rows
+        # spanning 400.25); resize_square maps from that exact region (moved by the EXIF rotation), so
+        # the geometry is the full decode's and only the decoder's downscaling filter differs.
+        swapped = orientation in (5, 6, 7, 8)
+        img.info[SOURCE_SIZE_KEY] = (height, width) if swapped else (width, height)
+        img.info[DRAFT_EXTENT_KEY] = _oriented_box(box, decoded_size, orientation)
     return img, fmt, (width, height)
 
 
-def _orient(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block is ignored (the pixels are still a valid photo)."""
+def _orient(img: Image.Image) -> tuple[Image.Image, int]:
+    """Apply the EXIF orientation (returning the one applied); a broken EXIF block is ignored."""
     try:
-        return ImageOps.exif_transpose(img)
+        orientation = int(img.getexif().get(0x0112, 1))
+        return ImageOps.exif_transpose(img), orientation if 1 <= orientation <= 8 else 1
     except Exception:
-        return img
+        return img, 1
+
+
+def _oriented_box(box: tuple[float, ...], size: tuple[int, int], orientation: int) -> tuple[float, ...]:
+    """Where the rectangle `box` of an image of `size` lies after exif_transpose for `orientation`."""
+    w, h = size
+    mapping = {
+        1: lambda x, y: (x, y), 2: lambda x, y: (w - x, y), 3: lambda x, y: (w - x, h - y),
+        4: lambda x, y: (x, h - y), 5: lambda x, y: (y, x), 6: lambda x, y: (h - y, x),
+        7: lambda x, y: (h - y, w - x), 8: lambda x, y: (y, w - x),
+    }[orientation]
+    (ax, ay), (bx, by) = mapping(box[0], box[1]), mapping(box[2], box[3])
+    return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -148,19 +176,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_square(img: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to `size`, then the central size×size patch: torchvision's Resize + CenterCrop."""
-    width, height = img.size
+    """Shorter side to `size`, then the central size×size patch: torchvision's Resize + CenterCrop.
+
+    For an image that decode_image drafted, sizes are computed from the stored image's full size and the
+    resize maps from the exact extent the decoded pixels cover, so only the decoder's filter differs.
+    """
+    width, height = img.info.get(SOURCE_SIZE_KEY) or img.size
     if width <= height:
         new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
     top, left = _center_offset(new_h, size), _center_offset(new_w, size)
-    if new_w * new_h > _MAX_RESIZE_AREA_FACTOR * size * size:
-        # A strip (aspect ratio > 16:1) would be resized to a huge image only to keep its centre: resize just
-        # the source region under the central square. Pillow's filter still reads the pixels around that
-        # region, so the result differs from the full resize by at most one grey level in a few pixels.
-        sx, sy = width / new_w, height / new_h
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    extent = img.info.get(DRAFT_EXTENT_KEY)
+    if extent is not None or new_w * new_h > _MAX_RESIZE_AREA_FACTOR * size * size:
+        # Resize only the source region under the central square. For a strip (aspect ratio > 16:1) that
+        # avoids a huge intermediate image; Pillow's filter still reads the pixels around the region, so
+        # the result differs from the full resize by at most one grey level in a few pixels.
+        x0, y0, x1, y1 = extent if extent is not None else (0.0, 0.0, *img.size)
+        sx, sy = (x1 - x0) / new_w, (y1 - y0) / new_h
+        box = (x0 + left * sx, y0 + top * sy, x0 + (left + size) * sx, y0 + (top + size) * sy)
         return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box))
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
@@ -172,7 +206,11 @@ def _center_offset(length: int, crop: int) -> int:
 
 
 def crop_patches(square: np.ndarray, crop: int, scheme: CropScheme) -> np.ndarray:
-    """[S, S, 3] uint8 → [10 or 1, crop, crop, 3] uint8: corners, centre and their reflections, or the centre."""
+    """[S, S, 3] uint8 → [10 or 1, crop, crop, 3] uint8: corners, centre and their reflections, or the centre.
+
+    The ten patches come in torchvision's TenCrop order: top-left, top-right, bottom-left, bottom-right,
+    centre, then the same five of the horizontally flipped square.
+    """
     size = square.shape[0]
     c = _center_offset(size, crop)
     center = square[c:c + crop, c:c + crop]
@@ -182,7 +220,9 @@ def crop_patches(square: np.ndarray, crop: int, scheme: CropScheme) -> np.ndarra
         raise ValueError(f"unknown crop scheme {scheme!r}")
     e = size - crop
     five = np.stack([square[:crop, :crop], square[:crop, e:], square[e:, :crop], square[e:, e:], center])
-    return np.concatenate([five, five[:, :, ::-1]])
+    # torchvision's TenCrop order: five_crop of the image, then five_crop of its mirror image, whose
+    # top-left patch is the mirrored top-right one and so on.
+    return np.concatenate([five, five[[1, 0, 3, 2, 4], :, ::-1]])
 
 
 def image_to_crops(data: bytes, scheme: CropScheme, resize_size: int, crop_size: int,
