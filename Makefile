@@ -34,3 +34,7 @@ test: lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Build the container images and check them for real (needs docker + compose; see docs/containers.md)
+container-smoke: $(STAMP)
+	VENV=$(VENV) scripts/container-smoke.sh
