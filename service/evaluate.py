@@ -3,7 +3,7 @@
     alexnet-eval VAL_DIR (--model-store DIR [--model-name NAME] [--model-version N] | --url URL)
                  [--ground-truth FILE [--synsets FILE]] [--crops ten|center|both] [--report out.json]
                  [--confusion out.csv] [--plot out.png] [--limit N] [--workers N] [--batch-size N]
-                 [--providers P ...]
+                 [--providers P1,P2]
 
 Everything that can be wrong with the setup (model, service, folder, classes, ground truth, output paths)
 is checked before the first image is decoded; such errors exit with status 2. Files that cannot be read
@@ -41,29 +41,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("val_dir", type=Path, metavar="VAL_DIR", help="validation images (see the layouts below)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model-store", type=Path, help="evaluate in this process with ONNX Runtime, from this store")
+    source.add_argument("--model-store", type=Path, metavar="DIR",
+                        help="evaluate in this process with ONNX Runtime, from this store")
     source.add_argument("--url", help="evaluate through a running service, e.g. http://127.0.0.1:8000")
-    p.add_argument("--model-name", help="model in the store (default: the store's only model)")
-    p.add_argument("--model-version", type=int, help="version (default: the newest)")
-    p.add_argument("--ground-truth", type=Path, help="flat layout: LOC_val_solution.csv or the devkit's "
-                   "ILSVRC2012_validation_ground_truth.txt (default: either one found in VAL_DIR)")
-    p.add_argument("--synsets", type=Path, help="ILSVRC2012_ID → wnid for the devkit's ground truth: the devkit's "
-                   "meta.mat, or a text file with one wnid per line in ID order (or 'wnid ID ...' lines)")
+    p.add_argument("--model-name", metavar="NAME", help="model in the store (default: the store's only model)")
+    p.add_argument("--model-version", type=int, metavar="N", help="version (default: the newest)")
+    p.add_argument("--ground-truth", type=Path, metavar="FILE",
+                   help="flat layout: LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt "
+                        "(default: either one found in VAL_DIR)")
+    p.add_argument("--synsets", type=Path, metavar="FILE",
+                   help="ILSVRC2012_ID → wnid for the devkit's ground truth: the devkit's meta.mat, or a text file "
+                        "with one wnid per line in ID order (or 'wnid ID ...' lines)")
     p.add_argument("--crops", choices=["ten", "center", "both"], default="both",
                    help="the paper's ten patches, the centre patch, or both from one decode (default: both)")
-    p.add_argument("--report", type=Path, help="write the JSON report here")
-    p.add_argument("--confusion", type=Path, help="write the top-1 confusion matrix (CSV) here")
-    p.add_argument("--plot", type=Path, help="write a PNG of per-class accuracy and the confusion matrix "
-                   "(needs matplotlib: the 'plot' extra)")
-    p.add_argument("--limit", type=_positive, help="evaluate at most N images, taken round-robin over the classes")
-    p.add_argument("--workers", type=_positive, help="decode threads (in-process; default: CPU cores, at most 8) "
-                   "or requests in flight (--url; default 4)")
-    p.add_argument("--batch-size", type=_positive, help="images per model run (in-process; default 16) or per "
-                   "request (--url; default 8)")
-    p.add_argument("--providers", nargs="+", metavar="PROVIDER",
-                   help="ONNX Runtime execution providers, in order (in-process; default: CUDA if usable, else CPU)")
+    p.add_argument("--report", type=Path, metavar="FILE", help="write the JSON report here")
+    p.add_argument("--confusion", type=Path, metavar="FILE", help="write the top-1 confusion matrix (CSV) here")
+    p.add_argument("--plot", type=Path, metavar="FILE",
+                   help="write a PNG of per-class accuracy and the confusion matrix (needs matplotlib: the 'plot' "
+                        "extra)")
+    p.add_argument("--limit", type=_positive, metavar="N",
+                   help="evaluate at most N images, taken round-robin over the classes")
+    p.add_argument("--workers", type=_positive, metavar="N",
+                   help="decode threads (in-process; default: CPU cores, at most 8) or requests in flight (--url; "
+                        "default 4)")
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="images per model run (in-process; default 16) or per request (--url; default 8)")
+    p.add_argument("--providers", type=_providers, metavar="P1,P2",
+                   help="ONNX Runtime execution providers in order of preference, comma-separated, as for "
+                        "alexnet-serve (in-process; default 'auto': CUDA first when this onnxruntime build has it, "
+                        "then CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _providers(text: str) -> list[str] | None:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected provider names, e.g. CPUExecutionProvider")
+    return None if names == ["auto"] else names
 
 
 def _positive(text: str) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -338,7 +337,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def service_url(reference):
-    pytest.importorskip("service.cli", reason="alexnet-serve is not built yet")
     port = _free_port()
     exe = Path(sys.executable).with_name("alexnet-serve")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "service.cli"]
