@@ -25,10 +25,17 @@ INPUT_SIZE = 224
 
 
 class LocalResponseNorm(nn.Module):
-    """b_i = a_i / (k + α Σ_{j=i-n/2}^{i+n/2} a_j²)^β  — the paper's formula, α *not* divided by n.
+    """b_i = a_i / (k + α Σ_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j²)^β — the paper's formula, α *not* divided by n.
 
-    ``torch.nn.LocalResponseNorm`` (like ONNX's LRN and Caffe) divides α by n, so the faithful call
-    passes α·n to it.
+    One formula, two ways of computing it (both tested against the formula written out, tests/test_lrn.py):
+
+    - eager (training, evaluation in PyTorch): ``F.local_response_norm``, which divides α by n like
+      ``torch.nn.LocalResponseNorm``, ONNX's ``LRN`` and Caffe, so the faithful call passes α·n to it;
+    - export (``torch.onnx.export`` / ``torch.export``): `forward_export`, the window sum of a² as a banded 1×1
+      convolution (weight α where |i−j| ≤ n/2, bias k) and, for the paper's β = 3/4, the power as
+      a / (√s·√√s). ONNX Runtime runs these as its blocked (NCHWc) convolution and vectorised Sqrt/Div; the
+      plain export's Pad + 3-D AveragePool + Pow (a scalar ``std::pow`` per element) cost a quarter of the
+      network's time, ONNX's own ``LRN`` op almost half (docs/performance.md).
     """
 
     def __init__(self, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,
@@ -37,7 +44,30 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            return self.forward_export(x)
+        return self.forward_eager(x)
+
+    def forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         return F.local_response_norm(x, self.size, alpha=self.alpha * self.size, beta=self.beta, k=self.k)
+
+    def window_weight(self, channels: int, dtype: torch.dtype = torch.float32,
+                      device: torch.device | None = None) -> torch.Tensor:
+        """[C, C, 1, 1]: α where output channel i sums input channel j (|i−j| ≤ n/2), else 0."""
+        idx = torch.arange(channels, device=device)
+        band = (idx[:, None] - idx[None, :]).abs() <= self.size // 2
+        return (band.to(dtype) * self.alpha).reshape(channels, channels, 1, 1)
+
+    def forward_export(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        bias = torch.full((channels,), self.k, dtype=x.dtype, device=x.device)
+        s = F.conv2d(x * x, self.window_weight(channels, x.dtype, x.device), bias)  # k + α Σ a_j²  (≥ k > 0)
+        if self.beta == 0.75:
+            root = torch.sqrt(s)
+            return x / (root * torch.sqrt(root))  # s^¾ = √s · √√s
+        if self.beta == 0.5:
+            return x / torch.sqrt(s)
+        return x / s.pow(self.beta)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha} (paper's, not divided by n), beta={self.beta}, k={self.k}"
