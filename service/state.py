@@ -73,7 +73,8 @@ class ServiceState:
             if self.model is None:
                 self.model = await anyio.to_thread.run_sync(self._build_model, abandon_on_cancel=True)
             self.requested_providers = list(self.model.requested_providers)
-            await anyio.to_thread.run_sync(self.model.load, self.settings.warmup_batch, abandon_on_cancel=True)
+            if not self.model.ready:  # an injected model may come loaded already (tests, embedders)
+                await anyio.to_thread.run_sync(self.model.load, self.settings.warmup_batch, abandon_on_cancel=True)
             runner = self.runner_factory(self.model, self.metrics, self.settings)
             await runner.start()
             self.runner = runner

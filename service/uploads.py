@@ -48,6 +48,7 @@ class _Part:
     filename: str | None = None
     content_type: str | None = None
     keep: bool = False
+    unnamed: bool = False  # a plain form value: it gets a made-up filename
     data: bytearray = field(default_factory=bytearray)
     headers: dict[bytes, bytes] = field(default_factory=dict)
 
@@ -106,9 +107,11 @@ class _Collector:
             self.other_fields.append(self.part.field_name)
             return
         if self.part.filename == "":  # a browser form's file input left empty: no file, not a file
+            self.part.keep = False
             return
         if self.part.filename is None:
             self.part.filename = f"{self.part.field_name}[{len(self.uploads)}]"
+            self.part.unnamed = True
         if len(self.uploads) + 1 > self.limits.max_files:
             self.error = self.error or PayloadTooLarge(
                 f"too many files: at most {self.limits.max_files} images per request, and "
@@ -130,7 +133,8 @@ class _Collector:
 
     def on_part_end(self) -> None:
         part = self.part
-        if part.keep and self.error is None and not (part.filename == "" and not part.data):
+        # an empty part that is not a named file (a form's empty value) is no upload; an empty named file is
+        if part.keep and self.error is None and (part.data or not part.unnamed):
             self.uploads.append(Upload(part.filename or part.field_name, part.content_type, bytes(part.data)))
         self.part = _Part()
 
