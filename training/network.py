@@ -54,9 +54,10 @@ class LocalResponseNorm(nn.Module):
     def window_weight(self, channels: int, dtype: torch.dtype = torch.float32,
                       device: torch.device | None = None) -> torch.Tensor:
         """[C, C, 1, 1]: α where output channel i sums input channel j (|i−j| ≤ n/2), else 0."""
-        idx = torch.arange(channels, device=device)
-        band = (idx[:, None] - idx[None, :]).abs() <= self.size // 2
-        return (band.to(dtype) * self.alpha).reshape(channels, channels, 1, 1)
+        # Built from Python numbers, not torch ops, so export records it as a constant (an initializer).
+        half = self.size // 2
+        band = [[[[self.alpha if abs(i - j) <= half else 0.0]] for j in range(channels)] for i in range(channels)]
+        return torch.tensor(band, dtype=dtype, device=device)
 
     def forward_export(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
