@@ -27,7 +27,7 @@ from alexnet_store import ModelStore, ModelVersion, StoreError
 from service.settings import ENV_PREFIX, Settings
 
 PROG = "alexnet-serve"
-HINT = "run `make demo` or alexnet-export to create one"
+HINT = "run `make demo` or alexnet-export"
 
 
 class CliError(Exception):

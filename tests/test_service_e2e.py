@@ -1,0 +1,265 @@
+"""End to end: a real `alexnet-serve` process (uvicorn) on a free port, against the exported store."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+SKLEARN_IMAGES = Path(__import__("sklearn").__file__).parent / "datasets" / "images"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    exe = shutil.which("alexnet-serve", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "service.cli"]
+
+
+def image(fmt: str, width: int = 320, height: int = 240, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (height // 8, width // 8, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).resize((width, height), Image.Resampling.BICUBIC).save(buf, fmt)
+    return buf.getvalue()
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+    statuses_before_ready: list[str]
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kwargs)
+
+
+def start_server(root: Path, log: Path, *extra: str, env: dict[str, str] | None = None,
+                 timeout: float = 120) -> Server:
+    port = free_port()
+    environment = {**os.environ, "ALEXNET_LOG_LEVEL": "warning", "ALEXNET_MAX_FILE_BYTES": "3000000",
+                   "ALEXNET_MAX_FILES_PER_REQUEST": "10", "ALEXNET_MAX_REQUEST_BYTES": "30000000", **(env or {})}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(log, "w") as fh:
+        process = subprocess.Popen(
+            [*serve_command(), "--model-store", str(root), "--model-name", "testnet", "--host", "127.0.0.1",
+             "--port", str(port), *extra],
+            stdout=fh, stderr=subprocess.STDOUT, env=environment)
+    url = f"http://127.0.0.1:{port}"
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"alexnet-serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            status = httpx.get(f"{url}/health/ready", timeout=5).status_code
+        except httpx.TransportError:
+            status = "refused"
+        if not seen or seen[-1] != str(status):
+            seen.append(str(status))
+        if status == 200:
+            return Server(url, process, log, seen)
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"not ready after {timeout} s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> int:
+    server.process.terminate()
+    try:
+        return server.process.wait(30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory) -> Iterator[Server]:
+    root, _, _ = exported
+    srv = start_server(root, tmp_path_factory.mktemp("serve") / "serve.log")  # providers: auto
+    yield srv
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it so the exit status shows the signal
+    assert stop_server(srv) in (0, -signal.SIGTERM), srv.log.read_text()
+
+
+def files(*items: tuple[str, bytes]) -> list:
+    return [("files", (name, data, "application/octet-stream")) for name, data in items]
+
+
+def test_serves_predict_models_and_health(server):
+    assert "200" in server.statuses_before_ready[-1]
+    assert set(server.statuses_before_ready) <= {"refused", "503", "200"}
+    photos = [(n, (SKLEARN_IMAGES / n).read_bytes()) for n in ("china.jpg", "flower.jpg")]
+    with server.client() as c:
+        assert c.get("/health/live").json() == {"status": "alive"}
+        ready = c.get("/health/ready").json()
+        r = c.post("/predict", files=files(*photos, ("g.png", image("PNG")), ("w.webp", image("WEBP"))))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == ready["model"] and body["model"]["name"] == "testnet"
+        assert [x["filename"] for x in body["results"]] == ["china.jpg", "flower.jpg", "g.png", "w.webp"]
+        for result in body["results"]:
+            probs = [p["probability"] for p in result["predictions"]]
+            assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        single = c.post("/predict", params={"crops": "center", "top_k": 2},
+                        files={"file": ("one.jpg", photos[0][1], "image/jpeg")}).json()
+        assert single["crops"] == "center" and len(single["results"][0]["predictions"]) == 2
+
+        (model,) = c.get("/v1/models").json()["models"]
+        assert model["ready"] and model["num_classes"] == 10
+        # the provider the session really runs on: CUDA only where it truly works, whatever ORT lists
+        from conftest import cuda_provider_works
+
+        expected = "CUDAExecutionProvider" if cuda_provider_works() else "CPUExecutionProvider"
+        assert model["provider"] == ready["provider"] == body["provider"] == expected
+        assert c.get("/docs").status_code == 200
+
+
+def test_bad_inputs_then_still_healthy(server):
+    jpeg = image("JPEG")
+    bomb = io.BytesIO()
+    Image.new("1", (10_000, 6_000)).save(bomb, "PNG")
+    cases = [
+        ({"files": files(("empty.jpg", b""))}, 422, "'empty.jpg'"),
+        ({}, 422, "no file"),
+        ({"files": files(("notes.txt", b"plain text, not an image\n" * 10))}, 415, "'notes.txt'"),
+        ({"files": files(("cut.jpg", jpeg[: len(jpeg) // 2]))}, 400, "'cut.jpg'"),
+        ({"files": files(("huge.jpg", b"\xff\xd8" + os.urandom(4_000_000)))}, 413, "'huge.jpg'"),
+        ({"files": files(("bomb.png", bomb.getvalue()))}, 413, "'bomb.png'"),
+        ({"files": files(*[(f"{i}.png", image("PNG", 32, 32, seed=i)) for i in range(11)])}, 413, "'10.png'"),
+        ({"files": files(("a.png", image("PNG"))), "params": {"top_k": 0}}, 422, "top_k"),
+        ({"files": files(("a.png", image("PNG"))), "params": {"top_k": 11}}, 422, "top_k"),
+        ({"files": files(("a.png", image("PNG"))), "params": {"crops": "five"}}, 422, "crops"),
+        ({"files": files(("ok.png", image("PNG")), ("bad.jpg", jpeg[:100]))}, 400, "'bad.jpg'"),
+    ]
+    with server.client() as c:
+        for kwargs, status, needle in cases:
+            r = c.post("/predict", **kwargs)
+            assert r.status_code == status, (needle, r.status_code, r.text)
+            assert needle in r.json()["detail"], r.text
+        assert c.get("/health/ready").status_code == 200
+        assert c.post("/predict", files=files(("after.png", image("PNG")))).status_code == 200
+    assert server.process.poll() is None
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_metrics_counters_move(server):
+    def value(text: str, prefix: str) -> float:
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(prefix))
+
+    with server.client() as c:
+        before = c.get("/metrics").text
+        assert c.post("/predict", files=files(("a.png", image("PNG")), ("b.png", image("PNG", seed=1)))).is_success
+        assert c.post("/predict", files=files(("t.txt", b"text"))).status_code == 415
+        after = c.get("/metrics").text
+    ok = 'alexnet_http_requests_total{method="POST",route="/predict",status="200"}'
+    assert value(after, ok) == value(before, ok) + 1
+    bad = 'alexnet_http_requests_total{method="POST",route="/predict",status="415"}'
+    assert value(after, bad) == value(before, bad) + 1
+    assert value(after, "alexnet_images_processed_total") == value(before, "alexnet_images_processed_total") + 2
+    assert value(after, "alexnet_inference_duration_seconds_count") == \
+        value(before, "alexnet_inference_duration_seconds_count") + 1
+    assert value(after, "alexnet_http_request_duration_seconds_count") > \
+        value(before, "alexnet_http_request_duration_seconds_count")
+
+
+def test_concurrent_requests_match_sequential_and_health_stays_fast(server):
+    imgs = [(f"img{i}.{fmt.lower()}", image(fmt, 300 + 7 * i, 260, seed=i))
+            for i, fmt in enumerate(["PNG", "JPEG", "WEBP", "BMP", "PNG", "JPEG"])]
+    with server.client() as c:
+        sequential = {name: c.post("/predict", files=files((name, data))).json()["results"][0]["predictions"]
+                      for name, data in imgs}
+
+    def batch(i: int) -> list[dict]:
+        chosen = [imgs[(i + j) % len(imgs)] for j in range(1 + i % 3)]
+        with server.client() as c:
+            r = c.post("/predict", files=files(*chosen))
+            assert r.status_code == 200, r.text
+            return r.json()["results"]
+
+    health_latency: list[float] = []
+    busy = threading.Event()
+
+    def probe():
+        with server.client() as c:
+            while busy.is_set():
+                start = time.perf_counter()
+                assert c.get("/health/live").status_code == 200
+                health_latency.append(time.perf_counter() - start)
+                time.sleep(0.05)
+
+    busy.set()
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(batch, range(10)))
+    finally:
+        busy.clear()
+        prober.join()
+    for results in answers:
+        for result in results:
+            want = sequential[result["filename"]]
+            assert [p["index"] for p in result["predictions"]] == [p["index"] for p in want]
+            assert np.allclose([p["probability"] for p in result["predictions"]],
+                               [p["probability"] for p in want], atol=1e-5)
+    assert len(health_latency) >= 3
+    assert np.median(health_latency) < 0.5, health_latency  # answered on the event loop, not queued behind work
+
+
+def test_all_imagenet_samples_return_five_predictions(server, sample_images):
+    assert len(sample_images) == 100
+
+    def post(chunk: list[Path]) -> list[dict]:
+        with server.client() as c:
+            r = c.post("/predict", files=files(*[(p.name, p.read_bytes()) for p in chunk]))
+            assert r.status_code == 200, (chunk, r.text)
+            return r.json()["results"]
+
+    chunks = [sample_images[i:i + 10] for i in range(0, len(sample_images), 10)]
+    with ThreadPoolExecutor(2) as pool:
+        results = [res for chunk in pool.map(post, chunks) for res in chunk]
+    assert [r["filename"] for r in results] == [p.name for p in sample_images]
+    assert all(len(r["predictions"]) == 5 for r in results)
+
+
+def test_several_workers_share_metrics(exported, tmp_path):
+    """--workers 2: two processes, each with its own session; /metrics adds both up (multiprocess mode)."""
+    root, _, _ = exported
+    srv = start_server(root, tmp_path / "serve.log", "--workers", "2", "--providers", "CPUExecutionProvider",
+                       env={"ALEXNET_WARMUP_BATCH": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        answered = []
+        while answered.count(200) < 4 and time.monotonic() < deadline:
+            with srv.client() as fresh:  # new connections: the kernel spreads them over the workers
+                r = fresh.post("/predict", params={"crops": "center"}, files=files(("a.png", image("PNG"))))
+                answered.append(r.status_code)  # 503 from a worker still loading its model
+        assert answered.count(200) == 4 and set(answered) <= {200, 503}, answered
+        with srv.client() as c:
+            text = c.get("/metrics").text
+        line = 'alexnet_http_requests_total{method="POST",route="/predict",status="200"}'
+        assert any(ln.startswith(line) and float(ln.rsplit(" ", 1)[1]) == 4.0 for ln in text.splitlines()), text
+        assert "alexnet_images_processed_total" in text
+    finally:
+        stop_server(srv)
