@@ -28,7 +28,7 @@ from service.settings import Settings
 from training.presets import center_transform, ten_crop_transform
 
 with warnings.catch_warnings():  # starlette asks for httpx2 in the test client; httpx is what is installed
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 SKLEARN_IMAGES = Path(__import__("sklearn").__file__).parent / "datasets" / "images"
