@@ -405,7 +405,7 @@ def test_runner_seam_and_overload_503(exported, loaded_model):
         assert r.headers["retry-after"] == "3"
 
 
-def test_thread_runner_bounds_its_queue(loaded_model):
+def test_thread_runner_bounds_its_queue():
     from service.metrics import Metrics
 
     class Slow:
