@@ -1,7 +1,8 @@
 """The service's settings: one pydantic-settings object, read from `ALEXNET_*` environment variables.
 
 Every field `foo` is set by the environment variable `ALEXNET_FOO` (case-insensitive); `alexnet-serve`'s
-flags override the environment. docs/api.md lists every setting with its default.
+flags override the environment. An empty variable counts as unset. docs/api.md lists every setting with
+its default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", protected_namespaces=(),
         validate_default=True,
+        env_ignore_empty=True,  # ALEXNET_MODEL_NAME= (compose passing an unset variable) means "not set"
     )
 
     # -- the model ----------------------------------------------------------------------------------------

@@ -46,6 +46,13 @@ def test_environment_variables_and_comma_separated_providers(monkeypatch):
     assert Settings(**{k.removeprefix("ALEXNET_").lower(): v for k, v in s.to_env().items()}) == s
 
 
+def test_empty_variables_count_as_unset(monkeypatch):
+    for name in ("MODEL_NAME", "MODEL_VERSION", "PROVIDERS", "WORKERS", "LOG_LEVEL"):
+        monkeypatch.setenv(f"ALEXNET_{name}", "")
+    s = Settings()
+    assert (s.model_name, s.model_version, s.providers, s.workers, s.log_level) == (None, None, ["auto"], 1, "info")
+
+
 def test_flags_override_environment(monkeypatch):
     monkeypatch.setenv("ALEXNET_PORT", "9000")
     monkeypatch.setenv("ALEXNET_HOST", "0.0.0.0")
