@@ -492,6 +492,7 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
         logm(f"resumed from {args.resume} after epoch {start_epoch} (lr {optimizer.param_groups[0]['lr']:g})")
 
     dataset_name = folders.root.resolve().name
+    sizes = (loaders.train_images, loaders.val_images)  # what was used (after --limit-*)
     logm(f"AlexNet ({'grouped' if model.grouped else 'ungrouped'}, {model.describe()['parameters']:,} parameters, "
          f"init {args.init}) on {rt.device}{f' × {rt.world_size} processes' if rt.distributed else ''}, "
          f"amp {'bf16' if rt.amp else 'off'}, channels_last {'on' if rt.channels_last else 'off'}; "
@@ -526,7 +527,7 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
                 "model_config": model_config, "model_state": _model_state(model),
                 "labels": [[lab.id, lab.name] for lab in labels], "classes": classes,
                 "preprocessing": preprocessing,
-                "summary": _summary(dataset_name, epoch + 1, len(folders.train), len(folders.val), row, best["epoch"]),
+                "summary": _summary(dataset_name, epoch + 1, *sizes, row, best["epoch"]),
                 "epoch": epoch + 1, "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "best": best, "history": history,
                 "args": _namespace_record(args), "init": args.init, "rng": rng_states(),
@@ -545,7 +546,7 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
     if rt.distributed:
         dist.barrier()
     final = history[-1] if history else None
-    summary = _summary(dataset_name, len(history), len(folders.train), len(folders.val), final, best["epoch"])
+    summary = _summary(dataset_name, len(history), *sizes, final, best["epoch"])
     return TrainResult(output, last_path, best_path, history, classes, summary)
 
 
