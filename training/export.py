@@ -38,7 +38,7 @@ from training.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
 )
-from training.labels import LabelsError, read_label_file
+from training.labels import LabelsError, labels_for_classes, read_label_file
 from training.network import INIT_SCHEMES, INPUT_SIZE, AlexNet, build_alexnet
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, ten_crop_transform
 
@@ -172,9 +172,9 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
         model = model_from_checkpoint(ckpt)
         labels = labels_from_checkpoint(ckpt)
         if file_labels is not None:
-            if len(file_labels) != len(labels):
-                raise ExportError(f"--labels has {len(file_labels)} entries, the checkpoint {len(labels)} classes")
-            labels = file_labels
+            # Keep the checkpoint's class ids (its folder names, which evaluation matches on) and take the names
+            # from the file: matched by wnid/name, or in order when the file has one entry per class.
+            labels = labels_for_classes([lab.id for lab in labels], args.labels)
         summary = TrainingSummary(**ckpt["summary"]) if ckpt.get("summary") else None
         pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["preprocessing"].items()})
         return model, labels, pre, summary, {"checkpoint": str(args.checkpoint.resolve())}
