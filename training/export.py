@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of real images for the parity check (default: the photos shipped with scikit-learn)")
     p.add_argument("--parity-tolerance", type=float, default=PARITY_TOLERANCE,
                    help="largest allowed |onnx - torch| / max|torch| (default: %(default)g)")
+    q = p.add_argument_group("INT8 (training/quantize.py)")
+    q.add_argument("--quantize", choices=["int8"],
+                   help="publish a statically quantised version instead (ONNX Runtime QDQ, per-channel int8 weights, "
+                        "uint8 activations, calibrated on training images); its metadata says precision int8")
+    from training.quantize import add_calibration_arguments
+
+    add_calibration_arguments(q)
     return p
 
 
@@ -191,14 +198,26 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from training.quantize import QuantizeError
+
     args = build_parser().parse_args(argv)
     try:
         model, labels, pre, summary, source = _model_from_args(args)
         images = parity_images(args.parity_images)
-        version = export_to_store(model, ModelStore(args.model_store), args.name, labels, pre, training=summary,
-                                  source=source, opset=args.opset, images=images, tolerance=args.parity_tolerance,
-                                  log=lambda m: print(m, file=sys.stderr))
-    except (ExportError, CheckpointError, LabelsError, StoreError) as exc:
+        if args.quantize:
+            from training.quantize import default_calibration_dir, export_int8
+
+            version = export_int8(
+                model, ModelStore(args.model_store), args.name, labels, pre, training=summary, source=source,
+                opset=args.opset, images=images, tolerance=args.parity_tolerance,
+                calibration_dir=args.calibration_dir or default_calibration_dir(args.checkpoint),
+                calibration_images=args.calibration_images, reduce_range=args.reduce_range,
+                method=args.calibration_method, log=lambda m: print(m, file=sys.stderr))
+        else:
+            version = export_to_store(model, ModelStore(args.model_store), args.name, labels, pre, training=summary,
+                                      source=source, opset=args.opset, images=images, tolerance=args.parity_tolerance,
+                                      log=lambda m: print(m, file=sys.stderr))
+    except (ExportError, CheckpointError, LabelsError, StoreError, QuantizeError) as exc:
         print(f"alexnet-export: error: {exc}", file=sys.stderr)
         return 2
     print(version.path)

@@ -1,0 +1,115 @@
+"""INT8: a quantised version is published beside the fp32 one, says so in its metadata, loads into the service's
+model, and predicts what the fp32 network predicts on real photographs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from alexnet_store import ModelStore
+from training import quantize
+
+
+@pytest.fixture(scope="module")
+def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ImageNet-layout train folder of real photographs (regions of scikit-learn's two sample photos)."""
+    root = tmp_path_factory.mktemp("calib") / "train"
+    for k, photo in enumerate(quantize.sample_photographs()):
+        w, h = photo.size
+        for i, box in enumerate([(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h), (w // 4, 0, w, h)]):
+            (root / f"class_{k}").mkdir(parents=True, exist_ok=True)
+            photo.crop(box).save(root / f"class_{k}" / f"{i}.jpg", quality=92)
+    return root.parent
+
+
+@pytest.fixture(scope="module")
+def int8_store(exported, calibration_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The session's fp32 test model copied into a fresh store, then quantised there by the CLI."""
+    _root, fp32, _model = exported
+    store_root = tmp_path_factory.mktemp("int8store")
+    shutil.copytree(fp32.path, store_root / fp32.name / "1")
+    code = quantize.main(["--model-store", str(store_root), "--name", fp32.name, "--calibration-dir",
+                          str(calibration_dir), "--calibration-images", "6"])
+    assert code == 0
+    return ModelStore(store_root)
+
+
+def test_find_images_spreads_over_classes_and_uses_train(tmp_path: Path) -> None:
+    for cls, n in [("a", 5), ("b", 1), ("c", 3)]:
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (4, 4)).save(tmp_path / "train" / cls / f"{i}.png")
+    (tmp_path / "train" / ".hidden").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / ".hidden" / "x.png")
+    picked = quantize.find_images(tmp_path, limit=4)
+    assert len(picked) == 4
+    assert {p.parent.name for p in picked[:3]} == {"a", "b", "c"}  # one per class before any class twice
+    assert quantize.find_images(tmp_path, limit=4) == picked  # deterministic
+    with pytest.raises(quantize.QuantizeError):
+        quantize.find_images(tmp_path / "nope", limit=4)
+
+
+def test_only_the_lrn_power_stays_fp32(exported) -> None:
+    _root, fp32, _model = exported
+    model = onnx.load(str(fp32.onnx_path))
+    kept = {n.name: n.op_type for n in model.graph.node if n.name in set(quantize.fp32_nodes(model))}
+    assert sorted(kept.values()) == ["Div", "Div", "Mul", "Mul", "Sqrt", "Sqrt", "Sqrt", "Sqrt"]
+
+
+@pytest.mark.slow
+def test_int8_is_a_new_version_with_precision_int8(exported, int8_store: ModelStore) -> None:
+    _root, fp32, _model = exported
+    assert int8_store.versions(fp32.name) == [1, 2]
+    assert int8_store.resolve(fp32.name, 1).metadata.precision == "fp32"  # the fp32 version is untouched
+    int8 = int8_store.resolve(fp32.name, 2)
+    int8.verify()
+    meta = int8.metadata
+    assert meta.precision == "int8" and meta.parity is None
+    assert meta.labels == fp32.metadata.labels and meta.preprocessing == fp32.metadata.preprocessing
+    q = meta.source["quantization"]
+    assert q["from"] == {"name": fp32.name, "version": 1, "sha256": fp32.metadata.onnx.sha256}
+    assert q["calibration"]["images"] == 6 and q["calibration"]["crops_per_image"] == 10
+    assert q["activations"].startswith("uint8") and "per channel" in q["weights"]
+    ops = {n.op_type for n in onnx.load(str(int8.onnx_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert json.loads((int8.path / "metadata.json").read_text())["precision"] == "int8"
+    assert int8.onnx_path.stat().st_size < fp32.onnx_path.stat().st_size / 3  # int8 weights
+
+
+@pytest.mark.slow
+def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: ModelStore,
+                                                         sample_images: list[Path]) -> None:
+    from service.model import ClassifierModel
+
+    _root, fp32, _model = exported
+    models = {}
+    for v in (1, 2):
+        models[v] = ClassifierModel(int8_store.resolve(fp32.name, v), providers=["CPUExecutionProvider"])
+        models[v].load(warmup_batch=1)
+    photos = [p.read_bytes() for p in sample_images[::4][:20]]
+    top = {v: [preds[0].index for preds in m.classify(photos, "ten", top_k=1)] for v, m in models.items()}
+    probs = {v: np.stack([m.predict(m.preprocess(b, "ten")).mean(axis=0) for b in photos[:5]])
+             for v, m in models.items()}
+    assert np.abs(probs[1] - probs[2]).max() < 0.05
+    assert len(set(top[1])) > 1  # the fp32 model's outputs are not uniform, so agreement means something
+    agreement = np.mean(np.array(top[1]) == np.array(top[2]))
+    assert agreement >= 0.85, (top[1], top[2])
+
+
+@pytest.mark.slow
+def test_alexnet_export_quantize_int8(tmp_path: Path, calibration_dir: Path) -> None:
+    from training.export import main
+
+    code = main(["--model-store", str(tmp_path), "--name", "q", "--random-init", "--num-classes", "3",
+                 "--init", "kaiming", "--quantize", "int8", "--calibration-dir", str(calibration_dir),
+                 "--calibration-images", "2"])
+    assert code == 0
+    version = ModelStore(tmp_path).resolve("q")
+    assert version.version == 1 and version.metadata.precision == "int8"
+    assert version.metadata.source["quantization"]["from"]["fp32_parity"]["max_rel_diff"] < 1e-4
