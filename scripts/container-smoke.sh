@@ -40,8 +40,6 @@ docker info >/dev/null 2>&1 || die "the docker daemon is not reachable"
 docker compose version >/dev/null 2>&1 || die "the docker compose v2 plugin is missing"
 [ -x "$VENV/bin/alexnet-serve" ] && [ -x "$VENV/bin/alexnet-export" ] || die "no project venv at $VENV (run: make install)"
 PY="$VENV/bin/python"
-# compose builds through buildx bake when buildx is installed, else with its own BuildKit client (quietly)
-docker buildx version >/dev/null 2>&1 || export COMPOSE_BAKE=false
 for port in "$HOST_PORT" "$RUN_PORT" "$COMPOSE_PORT"; do
   ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || die "port $port on 127.0.0.1 is in use (set SMOKE_PORT)"
 done
