@@ -1,0 +1,544 @@
+"""`alexnet-bench`: the service against its ceiling and against the naive baseline, in one run.
+
+    alexnet-bench                       # random-init paper network (1000 classes) in a temporary store
+    alexnet-bench --int8 --plot bench.png
+    alexnet-bench --model-store model_store --model-name alexnet --int8
+    alexnet-bench --quick               # a short smoke run (concurrency 1 and 16, a few seconds each)
+
+What one run does, on this machine, one thing at a time:
+1. the service: `alexnet-serve` (real uvicorn) on the fp32 model — and on its int8 version with ``--int8`` —
+   driven by the load generator (bench/loadgen.py, a separate process) at each concurrency, for
+   ``crops=ten`` and ``crops=center``; the service's own /metrics give the batch it used;
+2. the ceiling: a bare ONNX Runtime session (bench/ceiling.py) on already-preprocessed crops, at the batch
+   the service used at concurrency 16 and at one image (the model's own time for one image), interleaved
+   with the fp32 matmul roof (bench/roof.py);
+3. the naive baseline: bench/naive_baseline.py (FastAPI + eager PyTorch + TenCrop) under uvicorn, driven by
+   the same load generator at the same concurrencies.
+It prints a table with the ratios, the CPU and its flags, and the load average, writes JSON (default
+bench/results/benchmark-<time>.json) and, with --plot, a PNG of throughput and p99 against concurrency.
+docs/benchmark.md explains each column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexnet_store import ModelStore, ModelVersion, StoreError
+from bench import report
+
+PROG = "alexnet-bench"
+SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
+CROPS_PER_IMAGE = {"ten": 10, "center": 1}
+TARGET_CONCURRENCY = 16
+
+
+# -- inputs -----------------------------------------------------------------------------------------------
+def generated_images(directory: Path, count: int = 16) -> Path:
+    """JPEGs of ImageNet-like sizes cut from scikit-learn's two photographs (when no real samples are at hand)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    sizes = [(500, 375), (375, 500), (500, 333), (640, 480), (500, 500), (800, 600), (333, 500), (1024, 768)]
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = sizes[i % len(sizes)]
+        left, top = (i * 37) % (photo.width // 4), (i * 23) % (photo.height // 4)
+        img = photo.crop((left, top, photo.width - left, photo.height - top)).resize((w, h))
+        if i % 3 == 1:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img.save(directory / f"generated_{i:02d}.jpg", quality=90)
+    return directory
+
+
+def image_folder(requested: Path | None, workdir: Path) -> Path:
+    if requested is not None:
+        return requested
+    if SHARED_SAMPLES.is_dir() and any(SHARED_SAMPLES.iterdir()):
+        return SHARED_SAMPLES
+    return generated_images(workdir / "images")
+
+
+@dataclass
+class Models:
+    fp32: ModelVersion
+    int8: ModelVersion | None
+
+
+def newest(store: ModelStore, name: str, precision: str) -> ModelVersion:
+    """The newest version of `name` with this precision (int8 versions sit beside fp32 ones, numbered alike)."""
+    for number in reversed(store.versions(name)):
+        version = store.resolve(name, number)
+        if version.metadata.precision == precision:
+            return version
+    hint = (f"; make one with `python -m training.quantize --model-store {store.root} --name {name}`"
+            if precision == "int8" else "")
+    raise StoreError(f"model {name!r} has no {precision} version in {store.root}{hint}")
+
+
+def resolve_models(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) -> Models:
+    if args.model_store is None:
+        from bench.references import build_models
+
+        log("exporting a random-init paper network (1000 classes) into a temporary store ...")
+        built = build_models(workdir, num_classes=1000, int8=args.int8, log=log)
+        return Models(built["fp32"], built["int8"])
+    store = ModelStore(args.model_store)
+    name = store.resolve(args.model_name).name  # the only model, when no name is given
+    fp32 = store.resolve(name, args.model_version) if args.model_version else newest(store, name, "fp32")
+    if fp32.metadata.precision != "fp32":
+        raise StoreError(f"{fp32.path} is {fp32.metadata.precision}; pass the --model-version of an fp32 version")
+    int8 = None
+    if args.int8_version:
+        int8 = store.resolve(name, args.int8_version)
+    elif args.int8:
+        int8 = newest(store, name, "int8")
+    return Models(fp32, int8)
+
+
+# -- servers ----------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def console_script(name: str, module: str) -> list[str]:
+    exe = shutil.which(name, path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", module]
+
+
+@contextlib.contextmanager
+def server(command: list[str], ready_path: str, ready: Callable[[Any], bool], log_path: Path, port: int,
+           env: dict[str, str], timeout: float = 300) -> Iterator[str]:
+    """Start a server process, wait until `ready_path` says so, yield its URL; always stop it."""
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, **env}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(log_path, "w") as fh:
+        process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=environment,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited with {process.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} not ready after {timeout:.0f} s:\n{_tail(log_path)}")
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(url + ready_path, timeout=5)
+                if r.status_code == 200 and ready(r.json()):
+                    break
+            time.sleep(0.2)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def service_server(version: ModelVersion, workdir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager:
+    port = free_port()
+    command = [*console_script("alexnet-serve", "service.cli"), "--model-store", str(version.path.parent.parent),
+               "--model-name", version.name, "--model-version", str(version.version), "--host", "127.0.0.1",
+               "--port", str(port)]
+    env = {"ALEXNET_LOG_LEVEL": "warning", **env}
+    return server(command, "/health/ready", lambda _body: True, workdir / f"serve-{version.version}.log", port, env)
+
+
+def baseline_server(workdir: Path) -> contextlib.AbstractContextManager:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.naive_baseline:app", "--host", "127.0.0.1", "--port",
+               str(port), "--log-level", "warning"]
+    return server(command, "/health", lambda body: body.get("status") == "ok", workdir / "baseline.log", port,
+                  {"ALEXNET_BASELINE_CLASSES": "1000"})
+
+
+# -- driving ----------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    concurrency: list[int]
+    crops: list[str]
+    duration: float
+    max_requests: int
+    ceiling_rounds: int
+
+
+def load_level(url: str, images: Path, concurrency: int, crops: str, plan: Plan) -> dict[str, Any]:
+    """One concurrency level, driven from a separate process (bench/loadgen.py)."""
+    import json
+
+    command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--images", str(images), "--concurrency",
+               str(concurrency), "--crops", crops, "--duration", str(plan.duration), "--max-requests",
+               str(plan.max_requests)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=plan.duration + 600)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+_METRIC_LINE = re.compile(r"^(alexnet_inference_(?:batch_patches|batch_requests|queue_seconds|duration_seconds)"
+                          r"_(?:sum|count))\s+(\S+)$", re.M)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The service's batching counters (histogram sums and counts) from /metrics."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {m.group(1): float(m.group(2)) for m in _METRIC_LINE.finditer(text)}
+
+
+def batching_stats(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    def mean(stem: str) -> float:
+        count = delta(f"alexnet_inference_{stem}_count")
+        return delta(f"alexnet_inference_{stem}_sum") / count if count else math.nan
+
+    return {"runs": delta("alexnet_inference_batch_patches_count"), "mean_batch_patches": mean("batch_patches"),
+            "mean_batch_requests": mean("batch_requests"), "mean_queue_ms": 1000 * mean("queue_seconds"),
+            "mean_run_ms": 1000 * mean("duration_seconds")}
+
+
+def drive_all(url: str, images: Path, plan: Plan, label: str, log: Callable[[str], None],
+              metrics: bool) -> list[dict[str, Any]]:
+    rows = []
+    for crops in plan.crops:
+        for concurrency in plan.concurrency:
+            before = scrape(url) if metrics else {}
+            row = load_level(url, images, concurrency, crops, plan)
+            if metrics:
+                row["batching"] = batching_stats(before, scrape(url))
+            row.update(target=label, load_average=report.load())
+            rows.append(row)
+            log(f"  {label:>13} crops={crops:<6} c={concurrency:<3} {row['images_per_s']:7.2f} images/s  "
+                f"p99 {row['latency_ms']['p99']:8.0f} ms  errors {row['errors']}  (load {row['load_average']:.2f})")
+    return rows
+
+
+# -- the ceiling ------------------------------------------------------------------------------------------
+def measure_ceilings(models: Models, batches: dict[str, int], rounds: int, threads: int,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """Bare ONNX Runtime sessions of the serving graph (as the service opens it) at the service's batches."""
+    from bench.ceiling import patches as make_patches
+    from bench.ceiling import sample_jpegs, serving_case
+    from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof
+
+    jpegs = sample_jpegs(8, SHARED_SAMPLES)
+    variants = [("fp32", models.fp32)] + ([("int8", models.int8)] if models.int8 is not None else [])
+    cases, meta = {}, {}
+    for precision, version in variants:
+        for key, batch in batches.items():
+            x = make_patches(version, batch, jpegs)
+            case = serving_case(f"{precision} {key}", version, x, elide=False, threads=threads)
+            cases[case.label] = case.run
+            meta[case.label] = {"precision": precision, "key": key, "batch": batch}
+    roof = MatmulRoof(intra_op_threads=threads)
+    cases["roof"] = roof.ort
+    log(f"measuring the ceiling ({', '.join(k for k in cases if k != 'roof')}) and the roof, {rounds} rounds ...")
+    samples = report.interleave(cases, rounds=rounds)
+    out: dict[str, Any] = {"roof_gflops_best": roof.flop / 1e9 / samples["roof"].best}
+    out["roof_images_per_s"] = out["roof_gflops_best"] / GFLOP_PER_TEN_CROP_IMAGE
+    out["cases"] = []
+    for label, info in meta.items():
+        wall = samples[label].wall
+        out["cases"].append({**info, "label": label, "ms_median": 1000 * statistics.median(wall),
+                             "crops_per_s_median": info["batch"] / statistics.median(wall),
+                             "crops_per_s_best": info["batch"] / min(wall)})
+    out["load_average"] = report.load()
+    return out
+
+
+def ceiling_for(ceilings: dict[str, Any], precision: str, key: str) -> dict[str, Any] | None:
+    return next((c for c in ceilings.get("cases", []) if c["precision"] == precision and c["key"] == key), None)
+
+
+# -- the report -------------------------------------------------------------------------------------------
+def _row(rows: list[dict], target: str, crops: str, concurrency: int) -> dict | None:
+    return next((r for r in rows if r["target"] == target and r["crops"] == crops
+                 and r["concurrency"] == concurrency), None)
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    return a / b if a and b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """The ratios and the targets of issue 8, from this run's own numbers."""
+    rows, ceilings = result["runs"], result.get("ceiling", {})
+    out: dict[str, Any] = {"ratios": [], "targets": {}}
+    for crops in result["plan"]["crops"]:
+        per_image = CROPS_PER_IMAGE[crops]
+        ceiling = ceiling_for(ceilings, "fp32", crops)
+        ceiling_ips = ceiling["crops_per_s_median"] / per_image if ceiling else math.nan
+        for c in result["plan"]["concurrency"]:
+            svc, base, int8 = (_row(rows, t, crops, c) for t in ("service fp32", "naive baseline", "service int8"))
+            if svc is None:
+                continue
+            out["ratios"].append({
+                "crops": crops, "concurrency": c, "service_images_per_s": svc["images_per_s"],
+                "x_ceiling": _ratio(svc["images_per_s"], ceiling_ips),
+                "x_baseline": _ratio(svc["images_per_s"], base["images_per_s"] if base else None),
+                "int8_x_fp32": _ratio(int8["images_per_s"] if int8 else None, svc["images_per_s"]),
+            })
+    target = next((r for r in out["ratios"] if r["crops"] == "ten" and r["concurrency"] == TARGET_CONCURRENCY), None)
+    svc16 = _row(rows, "service fp32", "ten", TARGET_CONCURRENCY)
+    one = ceiling_for(ceilings, "fp32", "one image")
+    svc1 = _row(rows, "service fp32", "ten", 1)
+    t = out["targets"]
+    if target:
+        t["service_x_ceiling_c16_ten"] = {"value": target["x_ceiling"], "target": 0.9,
+                                          "holds": target["x_ceiling"] >= 0.9}
+        t["service_x_baseline_c16_ten"] = {"value": target["x_baseline"], "target": 1.6,
+                                           "holds": target["x_baseline"] >= 1.6}
+        t["zero_errors_c16_ten"] = {"value": svc16["errors"], "target": 0, "holds": svc16["errors"] == 0}
+        if not math.isnan(target["int8_x_fp32"]):
+            vnni = any("vnni" in f for f in result["environment"]["cpu_flags"])
+            goal = 2.5 if vnni else 1.6
+            t["int8_x_fp32_c16_ten"] = {"value": target["int8_x_fp32"], "target": goal,
+                                        "holds": target["int8_x_fp32"] >= goal}
+    if one and svc1:
+        ratio = svc1["latency_ms"]["p99"] / one["ms_median"]
+        t["p99_c1_x_model_one_image"] = {"value": ratio, "target": 1.3, "holds": ratio <= 1.3,
+                                         "p99_ms": svc1["latency_ms"]["p99"], "model_ms": one["ms_median"]}
+    return out
+
+
+def print_report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
+    env = result["environment"]
+    out(f"CPU: {env['cpu']} ({env['cpus']} CPUs, {env['cpu_isa']}); flags: {' '.join(env['cpu_flags'])}")
+    out(f"onnxruntime {env['onnxruntime']}; model {result['models']['fp32']}"
+        + (f", int8 {result['models']['int8']}" if result["models"].get("int8") else ""))
+    out(f"load average: {env['load_average'][0]:.2f} at start, {result['load_average_end']:.2f} at end")
+    ceilings = result.get("ceiling") or {}
+    for c in ceilings.get("cases", []):
+        per = CROPS_PER_IMAGE.get(c["key"], 10)
+        out(f"ceiling {c['label']}: batch {c['batch']} patches, {c['ms_median']:.0f} ms/run, "
+            f"{c['crops_per_s_median']:.1f} patches/s = {c['crops_per_s_median'] / per:.2f} images/s")
+    if ceilings:
+        out(f"roof: fp32 matmul {ceilings['roof_gflops_best']:.0f} GFLOP/s → {ceilings['roof_images_per_s']:.2f} "
+            "ten-crop images/s for the paper network")
+    ratios = {(r["crops"], r["concurrency"]): r for r in result["summary"]["ratios"]}
+    table_rows = []
+    for r in result["runs"]:
+        lat = r["latency_ms"]
+        ratio = ratios.get((r["crops"], r["concurrency"]), {}) if r["target"] == "service fp32" else {}
+        batch = r.get("batching", {}).get("mean_batch_patches", math.nan)
+        table_rows.append([r["target"], r["crops"], r["concurrency"], r["images_per_s"], lat["p50"], lat["p95"],
+                           lat["p99"], r["errors"], batch, ratio.get("x_ceiling", ""), ratio.get("x_baseline", ""),
+                           ratio.get("int8_x_fp32", "")])
+    out("")
+    out(report.table(table_rows, ["target", "crops", "conc", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+                                  "batch", "÷ ceiling", "÷ baseline", "int8 ÷ fp32"]))
+    targets = result["summary"]["targets"]
+    if targets:
+        out("")
+        out("targets (issue 8):")
+        for name, t in targets.items():
+            out(f"  {name:28} {t['value']:.3f} (target {t['target']}) {'holds' if t['holds'] else 'MISSED'}")
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for target in dict.fromkeys(r["target"] for r in result["runs"]):
+        for crops in result["plan"]["crops"]:
+            rows = sorted((r for r in result["runs"] if r["target"] == target and r["crops"] == crops),
+                          key=lambda r: r["concurrency"])
+            if not rows:
+                continue
+            xs = [r["concurrency"] for r in rows]
+            style = "-" if crops == "ten" else "--"
+            ax1.plot(xs, [r["images_per_s"] for r in rows], style, marker="o", label=f"{target}, {crops}")
+            ax2.plot(xs, [r["latency_ms"]["p99"] for r in rows], style, marker="o", label=f"{target}, {crops}")
+    for c in (result.get("ceiling") or {}).get("cases", []):
+        if c["key"] == "ten":
+            ax1.axhline(c["crops_per_s_median"] / 10, color="grey", linestyle=":",
+                        label=f"ceiling {c['precision']}, ten")
+    for ax, title, unit in ((ax1, "throughput", "images/s"), (ax2, "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(result["plan"]["concurrency"], [str(c) for c in result["plan"]["concurrency"]])
+        ax.set_xlabel("concurrency (clients)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax2.set_yscale("log")
+    ax1.legend(fontsize=7)
+    fig.suptitle(f"alexnet-bench — {result['environment']['cpu']} ({result['environment']['cpus']} CPUs)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- the command ------------------------------------------------------------------------------------------
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from exc
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be >= 1")
+    return levels
+
+
+def _crops(text: str) -> list[str]:
+    crops = [x.strip() for x in text.split(",") if x.strip()]
+    if not crops or set(crops) - set(CROPS_PER_IMAGE):
+        raise argparse.ArgumentTypeError(f"crops must be ten and/or center, got {text!r}")
+    return crops
+
+
+def _env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.startswith("ALEXNET_"):
+        raise argparse.ArgumentTypeError(f"expected ALEXNET_NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmark the service (real uvicorn, driven over loopback by a separate load generator) "
+                    "against its ceiling (a bare ONNX Runtime session on preprocessed crops) and the naive "
+                    "baseline (FastAPI + eager PyTorch + TenCrop), in one run. See docs/benchmark.md.",
+        epilog="examples:\n  alexnet-bench --quick\n  alexnet-bench --int8 --plot bench.png\n"
+               "  alexnet-bench --model-store model_store --model-name alexnet --int8")
+    m = p.add_argument_group("model")
+    m.add_argument("--model-store", type=Path,
+                   help="benchmark a model from this store (default: export a random-init paper network with "
+                        "1000 classes into a temporary store)")
+    m.add_argument("--model-name", help="model in --model-store (default: the only one)")
+    m.add_argument("--model-version", type=int, help="fp32 version (default: the newest)")
+    m.add_argument("--int8", action="store_true",
+                   help="also serve the int8 version (newest of the same name in --model-store, else quantised "
+                        "here) and report int8 ÷ fp32")
+    m.add_argument("--int8-version", type=int, help="the int8 version to serve (implies --int8)")
+    d = p.add_argument_group("load")
+    d.add_argument("--concurrency", type=_levels, default=[1, 4, 16, 64],
+                   help="concurrent clients, comma-separated (default: 1,4,16,64)")
+    d.add_argument("--crops", type=_crops, default=["ten", "center"], help="ten and/or center (default: both)")
+    d.add_argument("--duration", type=float, default=15.0, help="seconds measured per level, at most (default: 15)")
+    d.add_argument("--max-requests", type=int, default=600, help="answers measured per level, at most (default: 600)")
+    d.add_argument("--images", type=Path,
+                   help="folder of images to send (default: ../shared/data/imagenet-samples when present, "
+                        "else JPEGs generated here)")
+    d.add_argument("--quick", action="store_true",
+                   help="smoke run: concurrency 1 and 16, 3 s per level, 2 ceiling rounds")
+    s = p.add_argument_group("what to measure")
+    s.add_argument("--service-env", type=_env, action="append", default=[], metavar="ALEXNET_NAME=VALUE",
+                   help="a service setting for this run (repeatable), e.g. ALEXNET_MAX_BATCH_PATCHES=40")
+    s.add_argument("--batching-off-too", action="store_true",
+                   help="also measure the fp32 service with ALEXNET_BATCHING=false (one run per request)")
+    s.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
+    s.add_argument("--no-ceiling", action="store_true", help="skip the ceiling and the roof")
+    s.add_argument("--ceiling-rounds", type=int, default=6, help="interleaved ceiling rounds (default: 6)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", type=Path, help="where to write the JSON (default: bench/results/benchmark-<time>.json)")
+    o.add_argument("--plot", type=Path, metavar="PNG", help="also draw throughput and p99 against concurrency")
+    return p
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    plan = Plan(concurrency=args.concurrency, crops=args.crops, duration=args.duration,
+                max_requests=args.max_requests, ceiling_rounds=args.ceiling_rounds)
+    if args.quick:
+        plan = Plan(concurrency=[c for c in args.concurrency if c in (1, 16)] or [1], crops=args.crops,
+                    duration=3.0, max_requests=40, ceiling_rounds=2)
+    service_env = dict(args.service_env)
+    result: dict[str, Any] = {"environment": report.environment(), "plan": vars(plan), "service_env": service_env,
+                              "runs": []}
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
+        workdir = Path(tmp)
+        models = resolve_models(args, workdir, log)
+        images = image_folder(args.images, workdir)
+        result["models"] = {"fp32": str(models.fp32.path), "int8": str(models.int8.path) if models.int8 else None}
+        result["images"] = str(images)
+        targets = [("service fp32", models.fp32, service_env)]
+        if models.int8 is not None:
+            targets.append(("service int8", models.int8, service_env))
+        if args.batching_off_too:
+            targets.append(("fp32 unbatched", models.fp32, {**service_env, "ALEXNET_BATCHING": "false"}))
+        for label, version, env in targets:
+            log(f"{label}: starting alexnet-serve on {version.path} ...")
+            with service_server(version, workdir, env) as url:
+                result["runs"] += drive_all(url, images, plan, label, log, metrics=True)
+        if not args.no_ceiling:
+            batches = {"one image": 10}
+            for crops in plan.crops:
+                used = _row(result["runs"], "service fp32", crops, TARGET_CONCURRENCY) or max(
+                    (r for r in result["runs"] if r["target"] == "service fp32" and r["crops"] == crops),
+                    key=lambda r: r["concurrency"])
+                mean = used["batching"]["mean_batch_patches"]
+                per = CROPS_PER_IMAGE[crops]
+                batches[crops] = max(per, per * round(mean / per)) if not math.isnan(mean) else per
+            threads = int(service_env.get("ALEXNET_INTRA_OP_THREADS", "0") or 0)
+            result["ceiling"] = measure_ceilings(models, batches, plan.ceiling_rounds, threads, log)
+        if not args.no_baseline:
+            log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
+            with baseline_server(workdir) as url:
+                result["runs"] += drive_all(url, images, plan, "naive baseline", log, metrics=False)
+    result["load_average_end"] = report.load()
+    result["summary"] = summarise(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.int8 = args.int8 or bool(args.int8_version)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        result = run(args, log)
+    except (StoreError, RuntimeError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    buf = io.StringIO()
+    print_report(result, lambda line: print(line, file=buf))
+    print(buf.getvalue(), end="")
+    path = report.write_json(result, args.json, "benchmark")
+    print(f"\nJSON: {path}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The ceiling: a bare ONNX Runtime session on already-preprocessed crops, at the batch size the service uses.
+
+Two inputs are measured: the exported network itself (float32 NCHW crops, normalised: the number the roof
+ratio is about) and the serving graph the service runs (uint8 NHWC patches → normalise → network → softmax,
+from service/graph.py). Images/s = crops/s ÷ 10 for the paper's ten-crop evaluation.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from alexnet_store import ModelVersion
+from bench.fast_session import ElisionReport, cpu_session
+from bench.roof import GFLOP_PER_TEN_CROP_IMAGE
+
+CROPS_PER_IMAGE = 10
+
+
+@dataclass
+class Case:
+    """One session and the batch it is fed on every call."""
+
+    label: str
+    session: ort.InferenceSession
+    feeds: dict[str, np.ndarray]
+    crops: int
+    precision: str
+    graph: str  # "network" (float crops) or "serving" (uint8 patches → probabilities)
+    elision: ElisionReport = field(default_factory=ElisionReport)
+
+    def run(self) -> None:
+        self.session.run(None, self.feeds)
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label, "crops": self.crops, "precision": self.precision, "graph": self.graph,
+                "reorders_removed": self.elision.removed_reorders, "elision_fallback": self.elision.fallback}
+
+
+def sample_jpegs(count: int = 8, shared: Path | None = None) -> list[bytes]:
+    """Real photographs as JPEG bytes: ../shared/data/imagenet-samples when present, else scikit-learn's two."""
+    if shared is not None and shared.is_dir():
+        files = sorted(p for p in shared.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[:count]
+        if files:
+            return [p.read_bytes() for p in files]
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for array in load_sample_images().images:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def patches(version: ModelVersion, batch: int, jpegs: Sequence[bytes]) -> np.ndarray:
+    """uint8 [batch, crop, crop, 3]: the ten crops of real photographs (service/preprocess.py), tiled to `batch`."""
+    from service.preprocess import image_to_crops
+
+    pre = version.metadata.preprocessing
+    crops = np.concatenate([image_to_crops(j, "ten", pre.resize_size, pre.crop_size) for j in jpegs])
+    reps = -(-batch // len(crops))
+    return np.ascontiguousarray(np.concatenate([crops] * reps)[:batch])
+
+
+def normalised(version: ModelVersion, uint8_patches: np.ndarray) -> np.ndarray:
+    """What the serving graph feeds the network: float32 NCHW, (x/255 − mean)/std."""
+    pre = version.metadata.preprocessing
+    x = uint8_patches.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def network_case(label: str, onnx_path: Path, version: ModelVersion, uint8_patches: np.ndarray, *,
+                 elide: bool, threads: int = 0, config: dict[str, str] | None = None) -> Case:
+    session, report = cpu_session(onnx_path, intra_op_threads=threads, elide=elide, config=config)
+    feeds = {session.get_inputs()[0].name: normalised(version, uint8_patches)}
+    return Case(label, session, feeds, len(uint8_patches), version.metadata.precision, "network", report)
+
+
+def serving_case(label: str, version: ModelVersion, uint8_patches: np.ndarray, *, elide: bool, threads: int = 0,
+                 config: dict[str, str] | None = None) -> Case:
+    from service.graph import INPUT_NAME, build_serving_model
+
+    serving = build_serving_model(onnx.load(str(version.onnx_path)), version.metadata)
+    session, report = cpu_session(serving, intra_op_threads=threads, elide=elide, config=config)
+    return Case(label, session, {INPUT_NAME: uint8_patches}, len(uint8_patches), version.metadata.precision,
+                "serving", report)
+
+
+def summarise(case: Case, wall: Sequence[float], roof_gflops: Sequence[float]) -> dict[str, Any]:
+    """crops/s and images/s (median and best), and the ratio to the roof measured in the same rounds."""
+    import statistics
+
+    images = [case.crops / CROPS_PER_IMAGE / w for w in wall]
+    roof_images = [g / GFLOP_PER_TEN_CROP_IMAGE for g in roof_gflops]
+    return {
+        **case.describe(),
+        "crops_per_s_median": case.crops / statistics.median(wall),
+        "crops_per_s_best": case.crops / min(wall),
+        "images_per_s_median": statistics.median(images),
+        "images_per_s_best": max(images),
+        "x_roof_median": statistics.median(i / r for i, r in zip(images, roof_images, strict=True)),
+        "x_roof_best": max(images) / max(roof_images),
+    }
