@@ -9,9 +9,10 @@ naive baseline both accept) and send the next as soon as the answer arrives. The
 `duration` seconds have passed or `max-requests` answers have arrived, whichever comes first; the requests
 still in flight finish and count for latency. Prints one JSON object on stdout:
 
-- ``images_per_s``: successful answers that arrived inside the measured window ÷ its length;
-- ``latency_ms``: p50/p95/p99/mean/max over the measured requests (sent after the warm-up), successes only;
-- ``statuses``: answers by HTTP status; ``errors``: everything that was not a 200 (incl. transport errors).
+- ``images_per_s``: successful answers that arrived inside the measured window ÷ its length (whenever they
+  were sent: with a closed loop the server is kept equally busy all along the window);
+- ``latency_ms``: p50/p95/p99/mean/max over the requests sent inside the window, successes only;
+- ``statuses``: their answers by HTTP status; ``errors``: everything that was not a 200 (incl. transport errors).
 
 Loopback only: a URL whose host is not 127.0.0.1, ::1 or localhost is refused.
 """
@@ -63,8 +64,9 @@ class Sample:
 @dataclass
 class Run:
     samples: list[Sample] = field(default_factory=list)
-    t0: float | None = None  # measuring starts (warm-up over)
+    t0: float | None = None  # measuring starts: the warm-up's last answer
     t1: float | None = None  # measuring stops: no new requests after this
+    measured: int = 0  # answers after t0
 
 
 def read_images(directory: Path | None, limit: int) -> list[tuple[str, bytes]]:
@@ -80,24 +82,21 @@ async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: i
 
     run = Run()
     started = time.perf_counter()
-    answered = 0
     counter = iter(range(1 << 62))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     params = {"crops": crops, "top_k": "5"}
 
     def stop_due(now: float) -> bool:
-        if run.t0 is None:  # warm-up that never ends (server down): give up after the duration
+        if run.t0 is None:  # a warm-up that never ends (server down): give up after the duration
             return now - started > duration + 60
-        return now - run.t0 >= duration or len(run.samples) >= max_requests
+        return now - run.t0 >= duration or run.measured >= max_requests
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
         async def client_loop() -> None:
-            nonlocal answered
-            while True:
+            while run.t1 is None:
                 now = time.perf_counter()
-                if run.t1 is not None or stop_due(now):
-                    if run.t1 is None:
-                        run.t1 = now
+                if stop_due(now):
+                    run.t1 = now
                     return
                 name, data = images[next(counter) % len(images)]
                 sent = time.perf_counter()
@@ -107,27 +106,28 @@ async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: i
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 done = time.perf_counter()
-                answered += 1
-                if run.t0 is None:
-                    if answered >= warmup:
-                        run.t0 = done
-                    continue
-                if sent >= run.t0:
-                    run.samples.append(Sample(sent, done, status))
+                run.samples.append(Sample(sent, done, status))
+                if run.t0 is None and len(run.samples) >= warmup:
+                    run.t0 = done
+                elif run.t0 is not None:
+                    run.measured += 1
 
         await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     return run
 
 
 def summarise(run: Run, concurrency: int, crops: str) -> dict:
-    ok = [s for s in run.samples if s.status == 200]
-    window = (run.t1 - run.t0) if run.t0 is not None and run.t1 is not None else math.nan
-    in_window = [s for s in ok if run.t1 is not None and s.done <= run.t1]
-    statuses = Counter(str(s.status) for s in run.samples)
+    """Throughput: every success that arrived inside [t0, t1]; latency and errors: requests sent from t0 on."""
+    if run.t0 is None or run.t1 is None:
+        raise RuntimeError("the warm-up never finished")
+    window = run.t1 - run.t0
+    arrived = [s for s in run.samples if s.status == 200 and run.t0 < s.done <= run.t1]
+    measured = [s for s in run.samples if s.sent >= run.t0]
+    ok = [s for s in measured if s.status == 200]
     return {
-        "concurrency": concurrency, "crops": crops, "requests": len(run.samples), "ok": len(ok),
-        "errors": len(run.samples) - len(ok), "statuses": dict(statuses), "window_s": window,
-        "images_per_s": len(in_window) / window if window and window > 0 else math.nan,
+        "concurrency": concurrency, "crops": crops, "requests": len(measured), "ok": len(ok),
+        "errors": len(measured) - len(ok), "statuses": dict(Counter(str(s.status) for s in measured)),
+        "window_s": window, "images_per_s": len(arrived) / window if window > 0 else math.nan,
         "latency_ms": latency_summary([s.done - s.sent for s in ok]),
     }
 

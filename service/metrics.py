@@ -38,6 +38,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 IMAGES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 PATCH_BUCKETS = (1, 2, 4, 8, 10, 16, 20, 32, 40, 64, 80, 100, 160, 200, 320, 640, 1280)
+QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def multiprocess_dir() -> str | None:
@@ -73,6 +74,15 @@ class Metrics:
         self.inference_time = Histogram(
             "inference_duration_seconds", "Time of one model run (ONNX Runtime session.run).",
             namespace=NAMESPACE, buckets=INFERENCE_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "inference_queue_seconds", "Time a request's patches waited in the batching queue before their run.",
+            namespace=NAMESPACE, buckets=QUEUE_BUCKETS, registry=r)
+        self.batch_requests = Histogram(
+            "inference_batch_requests", "Requests whose patches shared one model run (dynamic batching).",
+            namespace=NAMESPACE, buckets=IMAGES_BUCKETS, registry=r)
+        self.queued_requests = Gauge(
+            "inference_queued_requests", "Requests waiting for a model run now (summed over workers).",
+            namespace=NAMESPACE, registry=r, multiprocess_mode="livesum")
         self.preprocess_time = Histogram(
             "preprocess_duration_seconds", "Time to decode, resize and crop one image.",
             namespace=NAMESPACE, buckets=INFERENCE_BUCKETS, registry=r)

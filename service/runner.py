@@ -1,14 +1,17 @@
 """The one seam between the HTTP routes and the model: `await runner.infer(patches) -> probabilities`.
 
-Routes never call the model directly; they call the `InferenceRunner` in ``app.state.service.runner``.
-Today that is `ThreadRunner`: one model run per request, in a worker thread (ONNX Runtime releases the
-GIL, so the event loop keeps answering), at most `concurrency` runs at a time, and at most `max_queued`
-requests waiting for a run — beyond that `Overloaded` (503 with Retry-After).
+Routes never call the model directly; they call the `InferenceRunner` in ``app.state.service.runner``,
+chosen by `service.state.default_runner`:
 
-A cross-request dynamic batcher (gather patches from several requests up to a maximum batch or a maximum
-queue delay, run once, hand each request its rows back) is another `InferenceRunner`: it implements
-`infer` with the same contract, raises `Overloaded` when its bounded queue is full, and is chosen in
-`service.app.default_runner`. No route changes.
+- `service.batching.BatchingRunner` (the default): dynamic batching across requests — the patches of
+  concurrent requests go through the model together, up to a maximum batch and a maximum queue delay;
+- `ThreadRunner` (``ALEXNET_BATCHING=false``): one model run per request, in a worker thread (ONNX Runtime
+  releases the GIL, so the event loop keeps answering), at most `concurrency` runs at a time. A request's
+  probabilities then never depend on which other requests were in flight (batch composition can change the
+  last bits of a float result), and it is the "batching off" line of the benchmark.
+
+Both bound their queue: beyond `max_queued` waiting requests, `infer` raises `Overloaded` (503 with
+Retry-After) instead of letting latency grow without limit.
 """
 
 from __future__ import annotations

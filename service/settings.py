@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     inference_concurrency: int = Field(1, ge=1, description="model runs at the same time per worker")
     max_queued_inferences: int = Field(
         64, ge=0, description="requests waiting for the model per worker before new ones get 503; 0 = no limit")
+    batching: bool = Field(True, description="dynamic batching: gather the patches of concurrent requests into one "
+                                             "model run; false = one run per request")
+    max_batch_patches: int = Field(
+        80, ge=1, description="most patches in one model run with batching (ten per image with crops=ten); "
+                              "a larger request is split into runs of at most this many")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, description="with batching, how long the oldest waiting request may be held for others to "
+                               "join its run when the model is free and the batch is not full")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 503 answers")
 
     # Set by alexnet-serve: a worker whose model fails to load exits (code 3) instead of staying unready.

@@ -19,6 +19,7 @@ import anyio.to_thread
 import onnxruntime as ort
 
 from alexnet_store import ModelStore, ModelVersion
+from service.batching import BatchingRunner
 from service.errors import NotReady
 from service.metrics import Metrics
 from service.model import ClassifierModel
@@ -34,7 +35,11 @@ LOAD_FAILURE_EXIT_CODE = 3  # uvicorn's STARTUP_FAILURE: its supervisor stops in
 
 
 def default_runner(model: ClassifierModel, metrics: Metrics, settings: Settings) -> InferenceRunner:
-    """The InferenceRunner the service uses; the place to plug in a cross-request batcher."""
+    """The dynamic batcher (`ALEXNET_BATCHING`, the default), or one run per request without it."""
+    if settings.batching:
+        return BatchingRunner(model, metrics, max_batch=settings.max_batch_patches,
+                              max_delay=settings.max_batch_delay_ms / 1000, max_queued=settings.max_queued_inferences,
+                              concurrency=settings.inference_concurrency, retry_after=settings.retry_after_seconds)
     return ThreadRunner(model, metrics, concurrency=settings.inference_concurrency,
                         max_queued=settings.max_queued_inferences, retry_after=settings.retry_after_seconds)
 
