@@ -38,3 +38,7 @@ clean:
 # Build the container images and check them for real (needs docker + compose; see docs/containers.md)
 container-smoke: $(STAMP)
 	VENV=$(VENV) scripts/container-smoke.sh
+
+# The service against its ceiling and the naive baseline, in one run (docs/benchmark.md); e.g. BENCH_ARGS="--quick"
+bench: $(STAMP)
+	$(BIN)/alexnet-bench $(BENCH_ARGS)

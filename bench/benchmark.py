@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of images to send (default: ../shared/data/imagenet-samples when present, "
                         "else JPEGs generated here)")
     d.add_argument("--quick", action="store_true",
-                   help="smoke run: concurrency 1 and 16, 3 s per level, 2 ceiling rounds")
+                   help="smoke run: concurrency 1 and 16, 5 s per level, 2 ceiling rounds")
     s = p.add_argument_group("what to measure")
     s.add_argument("--service-env", type=_env, action="append", default=[], metavar="ALEXNET_NAME=VALUE",
                    help="a service setting for this run (repeatable), e.g. ALEXNET_MAX_BATCH_PATCHES=40")
@@ -478,7 +478,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 max_requests=args.max_requests, ceiling_rounds=args.ceiling_rounds)
     if args.quick:
         plan = Plan(concurrency=[c for c in args.concurrency if c in (1, 16)] or [1], crops=args.crops,
-                    duration=3.0, max_requests=40, ceiling_rounds=2)
+                    duration=5.0, max_requests=60, ceiling_rounds=2)
     service_env = dict(args.service_env)
     result: dict[str, Any] = {"environment": report.environment(), "plan": vars(plan), "service_env": service_env,
                               "runs": []}
