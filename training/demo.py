@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=r["epochs"], help="training epochs")
     p.add_argument("--batch-size", type=int, default=r["batch_size"], help="batch size")
     p.add_argument("--lr", type=float, default=r["lr"], help="learning rate (constant unless validation stalls)")
-    p.add_argument("--init", default=r["init"], help="weight init (paper, caffe, kaiming)")
+    p.add_argument("--init", choices=("paper", "caffe", "kaiming"), default=r["init"], help="weight init")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, init, order and augmentation")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
