@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -32,6 +33,40 @@ class Prediction:
     probability: float
 
 
+CudnnConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the ONNX Runtime session is opened (settings: docs/api.md).
+
+    - `intra_op_threads`: ORT's thread pool size; 0 = ORT's default (one per physical core).
+    - `spinning`: whether idle pool threads spin-wait for the next parallel section. Spinning shortens the
+      hand-off between layers but burns a core that JPEG decoding could use (docs/benchmark.md measures it).
+    - `cudnn_conv_algo_search`: ORT's CUDA default, EXHAUSTIVE, benchmarks every convolution algorithm again
+      for each new input shape; dynamic batching makes many batch sizes, so each would stall one request.
+      HEURISTIC asks cuDNN for its choice without timing.
+    - the CUDA memory arena grows by what is requested (kSameAsRequested), not in doubling steps, so varying
+      batch sizes do not reserve twice the memory they use.
+    """
+
+    intra_op_threads: int = 0
+    spinning: bool = True
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = "HEURISTIC"
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        return options
+
+    def providers(self, names: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
+        """Provider names with their options; CPU needs none."""
+        cuda = {"cudnn_conv_algo_search": self.cudnn_conv_algo_search, "arena_extend_strategy": "kSameAsRequested"}
+        return [(name, cuda) if name == CUDA else name for name in names]
+
+
 def resolve_providers(requested: Sequence[str] | None) -> list[str]:
     """`None`/["auto"]: CUDA first when this onnxruntime build has it, then CPU. Unknown names are an error."""
     available = ort.get_available_providers()
@@ -45,11 +80,13 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
 
 class ClassifierModel:
     def __init__(self, version: ModelVersion, providers: Sequence[str] | None = None,
-                 intra_op_threads: int = 0, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+                 intra_op_threads: int = 0, limits: DecodeLimits = DEFAULT_LIMITS,
+                 runtime: RuntimeOptions | None = None) -> None:
         self.version = version
         self.metadata = version.metadata
         self.requested_providers = resolve_providers(providers)
-        self.intra_op_threads = intra_op_threads
+        self.runtime = runtime or RuntimeOptions(intra_op_threads=intra_op_threads)
+        self.intra_op_threads = self.runtime.intra_op_threads
         self.limits = limits
         self.session: ort.InferenceSession | None = None
         self.labels = [lab.name for lab in self.metadata.labels]
@@ -70,10 +107,8 @@ class ClassifierModel:
         """Verify the checksum, build the serving graph, open the session, and run it once."""
         self.version.verify()
         serving = build_serving_model(onnx.load(str(self.version.onnx_path)), self.metadata)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.intra_op_threads
-        session = ort.InferenceSession(serving.SerializeToString(), options, providers=self.requested_providers)
+        session = ort.InferenceSession(serving.SerializeToString(), self.runtime.session_options(),
+                                       providers=self.runtime.providers(self.requested_providers))
         got = session.get_providers()
         if self.requested_providers[0] != got[0]:
             log.warning("asked for %s but onnxruntime runs on %s (CUDA libraries or GPU unavailable)",

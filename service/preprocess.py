@@ -209,20 +209,24 @@ def crop_patches(square: np.ndarray, crop: int, scheme: CropScheme) -> np.ndarra
     """[S, S, 3] uint8 → [10 or 1, crop, crop, 3] uint8: corners, centre and their reflections, or the centre.
 
     The ten patches come in torchvision's TenCrop order: top-left, top-right, bottom-left, bottom-right,
-    centre, then the same five of the horizontally flipped square.
+    centre, then the same five of the horizontally flipped square. Each patch is copied once, straight into
+    the output; the square is mirrored once (a reversed-stride copy is slow, so not once per patch).
     """
     size = square.shape[0]
     c = _center_offset(size, crop)
-    center = square[c:c + crop, c:c + crop]
     if scheme == "center":
-        return center[None].copy()
+        return square[None, c:c + crop, c:c + crop].copy()
     if scheme != "ten":
         raise ValueError(f"unknown crop scheme {scheme!r}")
     e = size - crop
-    five = np.stack([square[:crop, :crop], square[:crop, e:], square[e:, :crop], square[e:, e:], center])
-    # torchvision's TenCrop order: five_crop of the image, then five_crop of its mirror image, whose
-    # top-left patch is the mirrored top-right one and so on.
-    return np.concatenate([five, five[[1, 0, 3, 2, 4], :, ::-1]])
+    out = np.empty((10, crop, crop, square.shape[2]), np.uint8)
+    for first, img in ((0, square), (5, np.ascontiguousarray(square[:, ::-1]))):
+        out[first] = img[:crop, :crop]
+        out[first + 1] = img[:crop, e:]
+        out[first + 2] = img[e:, :crop]
+        out[first + 3] = img[e:, e:]
+        out[first + 4] = img[c:c + crop, c:c + crop]
+    return out
 
 
 def image_to_crops(data: bytes, scheme: CropScheme, resize_size: int, crop_size: int,

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = ORT's default (all physical cores) "
                              "with one worker, cores ÷ workers with several")
+    intra_op_spinning: bool = Field(
+        True, description="ONNX Runtime's idle threads spin-wait for work (faster hand-offs between layers) "
+                          "instead of sleeping (leaves the cores to image decoding)")
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "HEURISTIC", description="CUDA only: how cuDNN picks convolution algorithms; EXHAUSTIVE times them all "
+                                 "again for every new batch size, which dynamic batching makes many of")
     warmup_batch: int = Field(10, ge=1, description="patches in the warm-up run before the service says ready")
 
     # -- the server ---------------------------------------------------------------------------------------

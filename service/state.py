@@ -22,7 +22,7 @@ from alexnet_store import ModelStore, ModelVersion
 from service.batching import BatchingRunner
 from service.errors import NotReady
 from service.metrics import Metrics
-from service.model import ClassifierModel
+from service.model import ClassifierModel, RuntimeOptions
 from service.preprocess import CropScheme, DecodeLimits, PreparedImage
 from service.runner import InferenceRunner, ThreadRunner
 from service.settings import Settings
@@ -67,9 +67,11 @@ class ServiceState:
         if self.version is None:
             store = ModelStore(self.settings.model_store)
             self.version = store.resolve(self.settings.model_name, self.settings.model_version)
-        return ClassifierModel(self.version, providers=self.settings.provider_request,
-                               intra_op_threads=self.settings.effective_intra_op_threads(),
-                               limits=self.decode_limits)
+        runtime = RuntimeOptions(intra_op_threads=self.settings.effective_intra_op_threads(),
+                                 spinning=self.settings.intra_op_spinning,
+                                 cudnn_conv_algo_search=self.settings.cudnn_conv_algo_search)
+        return ClassifierModel(self.version, providers=self.settings.provider_request, limits=self.decode_limits,
+                               runtime=runtime)
 
     async def load(self) -> None:
         """Resolve, load and warm up the model, then start the runner; never raises (see `state`)."""

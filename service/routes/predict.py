@@ -133,7 +133,8 @@ async def predict(
             raise outcome
     prepared_done = time.perf_counter()
 
-    patches = np.concatenate([prepared.patches for prepared, _ in outcomes])
+    parts = [prepared.patches for prepared, _ in outcomes]
+    patches = parts[0] if len(parts) == 1 else np.concatenate(parts)  # one image: no copy
     probs = await runner.infer(patches)
     inferred = time.perf_counter()
 

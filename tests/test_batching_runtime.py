@@ -1,0 +1,57 @@
+"""The ONNX Runtime options the service opens its session with: thread spinning, CUDA provider options, fail-over."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.model import CPU, CUDA, ClassifierModel, RuntimeOptions
+from service.settings import Settings
+from service.state import ServiceState
+
+
+def test_settings_reach_the_session(exported):
+    root, _, _ = exported
+    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], intra_op_threads=1,
+                        intra_op_spinning=False, cudnn_conv_algo_search="DEFAULT")
+    from service.metrics import Metrics
+
+    model = ServiceState(settings, Metrics())._build_model()
+    assert model.runtime == RuntimeOptions(intra_op_threads=1, spinning=False, cudnn_conv_algo_search="DEFAULT")
+    options = model.runtime.session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert RuntimeOptions().session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_cuda_gets_its_options_and_cpu_none():
+    providers = RuntimeOptions(cudnn_conv_algo_search="HEURISTIC").providers([CUDA, CPU])
+    assert providers[0] == (CUDA, {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"})
+    assert providers[1] == CPU
+
+
+def test_auto_providers_fail_over_to_cpu_with_the_same_answers(exported):
+    """'auto' asks for CUDA with its options where this onnxruntime has it; without a GPU the session is on CPU."""
+    from conftest import cuda_provider_works
+
+    _, version, _ = exported
+    auto = ClassifierModel(version)  # providers: auto
+    cpu = ClassifierModel(version, providers=[CPU], runtime=RuntimeOptions(spinning=False))
+    auto.load(warmup_batch=1)
+    cpu.load(warmup_batch=1)
+    assert auto.provider == (CUDA if cuda_provider_works() else CPU)
+    x = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), np.uint8)
+    np.testing.assert_allclose(auto.predict(x), cpu.predict(x), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_session_runs_with_heuristic_conv_search(exported):
+    _, version, _ = exported
+    model = ClassifierModel(version, providers=[CUDA, CPU])
+    model.load(warmup_batch=1)
+    assert model.provider == CUDA
+    options = model.session.get_provider_options()[CUDA]
+    assert options["cudnn_conv_algo_search"] in ("HEURISTIC", "1")  # ORT reports names or enum values
+    assert options["arena_extend_strategy"] in ("kSameAsRequested", "1")
+    for batch in (1, 7, 10, 33):  # new batch sizes must not fail (and, with HEURISTIC, not re-benchmark)
+        assert model.predict(np.zeros((batch, 224, 224, 3), np.uint8)).shape == (batch, 10)
