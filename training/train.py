@@ -398,6 +398,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise TrainError("--dropout must be in [0, 1)")
     if args.lr <= 0 or not 0 < args.lr_factor < 1:
         raise TrainError("--lr must be positive and --lr-factor in (0, 1)")
+    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
+        raise TrainError("--max-steps-per-epoch must be at least 1")
     if args.resize_size < INPUT_SIZE:
         raise TrainError(f"--resize-size must be at least the {INPUT_SIZE}-pixel crop")
 
