@@ -129,8 +129,11 @@ def elide_reorders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ElisionRepo
 
 
 def _options(intra_op_threads: int, level: ort.GraphOptimizationLevel, config: dict[str, str] | None,
-             optimized_path: str | None = None) -> ort.SessionOptions:
+             optimized_path: str | None = None, profile_prefix: str | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.graph_optimization_level = level
     options.intra_op_num_threads = intra_op_threads
     options.log_severity_level = 3
@@ -154,9 +157,12 @@ def _probe_inputs(session: ort.InferenceSession, batch: int = 2, seed: int = 0) 
 
 
 def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_op_threads: int = 0,
-                elide: bool = True, config: dict[str, str] | None = None,
-                tolerance: float = 1e-5) -> tuple[ort.InferenceSession, ElisionReport]:
-    """A CPU session at ORT_ENABLE_ALL, with the LRN's layout round trips removed when that is safe."""
+                elide: bool = True, config: dict[str, str] | None = None, tolerance: float = 1e-5,
+                profile_prefix: str | None = None) -> tuple[ort.InferenceSession, ElisionReport]:
+    """A CPU session at ORT_ENABLE_ALL, with the LRN's layout round trips removed when that is safe.
+
+    `profile_prefix` turns ONNX Runtime's profiler on for the returned session (bench/profile.py).
+    """
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()
     elif isinstance(model, bytes):
@@ -167,8 +173,8 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
     level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = ["CPUExecutionProvider"]
     if not elide:
-        return ort.InferenceSession(data, _options(intra_op_threads, level, config), providers=providers), \
-            ElisionReport(fallback="not requested")
+        options = _options(intra_op_threads, level, config, profile_prefix=profile_prefix)
+        return ort.InferenceSession(data, options, providers=providers), ElisionReport(fallback="not requested")
     with tempfile.TemporaryDirectory(prefix="alexnet-ort-") as tmp:
         optimized_path = os.path.join(tmp, "optimized.onnx")
         plain = ort.InferenceSession(data, _options(intra_op_threads, level, config, optimized_path),
@@ -180,9 +186,13 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
             return plain, ElisionReport(fallback=f"rewrite failed: {exc}")
     if not report.removed_reorders:
         report.fallback = "nothing to elide"
+        if profile_prefix:
+            plain = ort.InferenceSession(data, _options(intra_op_threads, level, config, None, profile_prefix),
+                                         providers=providers)
         return plain, report
     try:
-        fast = ort.InferenceSession(rewritten.SerializeToString(), _options(intra_op_threads, level, config),
+        fast = ort.InferenceSession(rewritten.SerializeToString(),
+                                    _options(intra_op_threads, level, config, None, profile_prefix),
                                     providers=providers)
         feeds = _probe_inputs(plain)
         want, got = plain.run(None, feeds), fast.run(None, feeds)

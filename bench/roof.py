@@ -75,9 +75,9 @@ class MatmulRoof:
         self.b = rng.random((n, n), dtype=np.float32)
         graph = helper.make_graph(
             [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
-            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", n]),  # any rows: bench/profile.py slices
              helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
-            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["m", n])])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads

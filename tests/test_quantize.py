@@ -55,6 +55,20 @@ def test_find_images_spreads_over_classes_and_uses_train(tmp_path: Path) -> None
         quantize.find_images(tmp_path / "nope", limit=4)
 
 
+def test_splitting_grouped_convs_keeps_the_function(exported) -> None:
+    import onnxruntime as ort
+
+    _root, fp32, _model = exported
+    model = onnx.load(str(fp32.onnx_path))
+    before = model.SerializeToString()
+    assert quantize.split_grouped_convs(model) == 3
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    (want,), (got,) = (ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"input": x})
+                       for m in (before, model.SerializeToString()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
 def test_only_the_lrn_power_stays_fp32(exported) -> None:
     _root, fp32, _model = exported
     model = onnx.load(str(fp32.onnx_path))
@@ -76,8 +90,11 @@ def test_int8_is_a_new_version_with_precision_int8(exported, int8_store: ModelSt
     assert q["from"] == {"name": fp32.name, "version": 1, "sha256": fp32.metadata.onnx.sha256}
     assert q["calibration"]["images"] == 6 and q["calibration"]["crops_per_image"] == 10
     assert q["activations"].startswith("uint8") and "per channel" in q["weights"]
-    ops = {n.op_type for n in onnx.load(str(int8.onnx_path)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert q["grouped_convs_split"] == 3  # conv2, conv4, conv5: one int8 Conv per group (VNNI kernel)
+    graph = onnx.load(str(int8.onnx_path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Split", "Concat"} <= ops
+    assert all(a.i == 1 for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
     assert json.loads((int8.path / "metadata.json").read_text())["precision"] == "int8"
     assert int8.onnx_path.stat().st_size < fp32.onnx_path.stat().st_size / 3  # int8 weights
 

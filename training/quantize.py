@@ -143,10 +143,73 @@ def fp32_nodes(model: onnx.ModelProto) -> list[str]:
     keep = [n for n in graph.node if n.op_type in FP32_OP_TYPES]
     roots = {o for n in keep if n.op_type == "Sqrt" for o in n.output}
     keep += [n for n in graph.node if n.op_type == "Mul" and len(n.input) == 2 and set(n.input) <= roots]
-    missing = [n.op_type for n in keep if not n.name]
-    if missing:
-        raise QuantizeError("the exported graph has unnamed nodes; cannot exclude them from quantisation")
     return [n.name for n in keep]
+
+
+def split_grouped_convs(model: onnx.ModelProto, max_groups: int = 4) -> int:
+    """Rewrite each grouped Conv (conv2, conv4, conv5: groups=2) as Split → one Conv per group → Concat.
+
+    The same function; but ONNX Runtime's fast int8 convolution on x86 (MLAS's indirect "ConvSym" kernel,
+    VNNI where present) only takes group=1, so quantised grouped convs fall back to im2col + GEMM. Returns how
+    many convolutions were split. Depthwise-like convs (more than `max_groups` groups) are left alone.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    new_nodes, count = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        groups = int(attrs.get("group", 1))
+        if node.op_type != "Conv" or not 1 < groups <= max_groups or node.input[1] not in inits or (
+                len(node.input) > 2 and node.input[2] and node.input[2] not in inits):
+            new_nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        bias = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+        out_per_group, in_per_group = weight.shape[0] // groups, weight.shape[1]
+        base = node.name or node.output[0]
+        sizes = numpy_helper.from_array(np.full(groups, in_per_group, np.int64), f"{base}_split_sizes")
+        graph.initializer.append(sizes)
+        parts = [f"{base}_in{g}" for g in range(groups)]
+        new_nodes.append(helper.make_node("Split", [node.input[0], sizes.name], parts, name=f"{base}_split", axis=1))
+        outs = []
+        kept = {k: v for k, v in attrs.items() if k != "group"}
+        for g in range(groups):
+            w = numpy_helper.from_array(weight[g * out_per_group:(g + 1) * out_per_group], f"{base}_w{g}")
+            graph.initializer.append(w)
+            inputs = [parts[g], w.name]
+            if bias is not None:
+                b = numpy_helper.from_array(bias[g * out_per_group:(g + 1) * out_per_group], f"{base}_b{g}")
+                graph.initializer.append(b)
+                inputs.append(b.name)
+            outs.append(f"{base}_out{g}")
+            new_nodes.append(helper.make_node("Conv", inputs, [outs[-1]], name=f"{base}_g{g}", **kept))
+        new_nodes.append(helper.make_node("Concat", outs, [node.output[0]], name=f"{base}_concat", axis=1))
+        count += 1
+    if count:
+        used = {i for n in new_nodes for i in n.input}
+        keep = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return count
+
+
+def name_nodes(model: onnx.ModelProto) -> bool:
+    """Give every unnamed node a unique name (quantisation excludes nodes by name); True if any changed."""
+    taken = {n.name for n in model.graph.node if n.name}
+    changed = False
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            changed = True
+    return changed
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndarray], *, input_name: str = "input",
@@ -161,10 +224,18 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
     if not calibration:
         raise QuantizeError("no calibration images")
     with tempfile.TemporaryDirectory(prefix="alexnet-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
+        source, prepared = Path(tmp) / "split.onnx", Path(tmp) / "prepared.onnx"
+        graph = onnx.load(str(fp32_path))
+        split = split_grouped_convs(graph)
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(source))
         # Shape inference and ONNX Runtime's basic (layout-independent) graph clean-up, as ONNX Runtime advises.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        excluded = fp32_nodes(onnx.load(str(prepared), load_external_data=False))
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        if name_nodes(graph):
+            onnx.save(graph, str(prepared))
+        excluded = fp32_nodes(graph)
+        del graph
         start = time.perf_counter()
         quantize_static(
             str(prepared), str(out_path), _Reader(input_name, calibration),
@@ -174,7 +245,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
                               "entropy": CalibrationMethod.Entropy}[method],
         )
         log(f"quantised in {time.perf_counter() - start:.0f} s ({len(calibration)} calibration images × "
-            f"{calibration[0].shape[0]} crops; {len(excluded)} nodes kept in fp32)")
+            f"{calibration[0].shape[0]} crops; {split} grouped convs split per group; {len(excluded)} nodes "
+            "kept in fp32)")
     onnx.checker.check_model(str(out_path))
     return {
         "format": "onnxruntime QDQ (static)",
@@ -183,6 +255,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
         "reduce_range": reduce_range,
         "calibration_method": method,
         "fp32_nodes": excluded,
+        "grouped_convs_split": split,
         "onnxruntime": __import__("onnxruntime").__version__,
     }
 
