@@ -5,15 +5,16 @@
     alexnet-bench --model-store model_store --model-name alexnet --int8
     alexnet-bench --quick               # a short smoke run (concurrency 1 and 16, a few seconds each)
 
-What one run does, on this machine, one thing at a time:
-1. the service: `alexnet-serve` (real uvicorn) on the fp32 model — and on its int8 version with ``--int8`` —
-   driven by the load generator (bench/loadgen.py, a separate process) at each concurrency, for
-   ``crops=ten`` and ``crops=center``; the service's own /metrics give the batch it used;
-2. the ceiling: a bare ONNX Runtime session (bench/ceiling.py) on already-preprocessed crops, at the batch
-   the service used at concurrency 16 and at one image (the model's own time for one image), interleaved
-   with the fp32 matmul roof (bench/roof.py);
-3. the naive baseline: bench/naive_baseline.py (FastAPI + eager PyTorch + TenCrop) under uvicorn, driven by
-   the same load generator at the same concurrencies.
+What one run does, on this machine:
+1. starts `alexnet-serve` (real uvicorn) on the fp32 model — and on its int8 version with ``--int8`` — and the
+   naive baseline, bench/naive_baseline.py (FastAPI + eager PyTorch + TenCrop) under uvicorn;
+2. for ``crops=ten`` and ``crops=center`` and each concurrency, drives each server in turn with the load
+   generator (bench/loadgen.py, a separate process) over loopback; the service's /metrics give the batch it
+   used, and right after each service level the ceiling is measured: a bare ONNX Runtime session
+   (bench/ceiling.py) on already-preprocessed crops at that batch. Taking the two side by side keeps the
+   ratio fair on a machine whose load drifts; at concurrency 1 the ceiling is the model's own time for one
+   image;
+3. measures the fp32 matmul roof (bench/roof.py) for context.
 It prints a table with the ratios, the CPU and its flags, and the load average, writes JSON (default
 bench/results/benchmark-<time>.json) and, with --plot, a PNG of throughput and p99 against concurrency.
 docs/benchmark.md explains each column.
@@ -39,6 +40,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
 from bench import report
@@ -165,13 +168,15 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def service_server(version: ModelVersion, workdir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager:
+def service_server(version: ModelVersion, workdir: Path, env: dict[str, str],
+                   label: str) -> contextlib.AbstractContextManager:
     port = free_port()
     command = [*console_script("alexnet-serve", "service.cli"), "--model-store", str(version.path.parent.parent),
                "--model-name", version.name, "--model-version", str(version.version), "--host", "127.0.0.1",
                "--port", str(port)]
     env = {"ALEXNET_LOG_LEVEL": "warning", **env}
-    return server(command, "/health/ready", lambda _body: True, workdir / f"serve-{version.version}.log", port, env)
+    log_path = workdir / f"{label.replace(' ', '-')}.log"
+    return server(command, "/health/ready", lambda _body: True, log_path, port, env)
 
 
 def baseline_server(workdir: Path) -> contextlib.AbstractContextManager:
@@ -189,7 +194,7 @@ class Plan:
     crops: list[str]
     duration: float
     max_requests: int
-    ceiling_rounds: int
+    ceiling_seconds: float
 
 
 def load_level(url: str, images: Path, concurrency: int, crops: str, plan: Plan) -> dict[str, Any]:
@@ -230,57 +235,75 @@ def batching_stats(before: dict[str, float], after: dict[str, float]) -> dict[st
             "mean_run_ms": 1000 * mean("duration_seconds")}
 
 
-def drive_all(url: str, images: Path, plan: Plan, label: str, log: Callable[[str], None],
-              metrics: bool) -> list[dict[str, Any]]:
+# -- the ceiling ------------------------------------------------------------------------------------------
+class Ceiling:
+    """Bare ONNX Runtime sessions of the serving graph (bench/ceiling.py), opened like the service's: its
+    intra-op threads, and as many sessions running at once as the service runs batches at once. Fed
+    already-preprocessed patches of real photographs at a given batch."""
+
+    def __init__(self, version: ModelVersion, max_batch: int, threads: int, runs_at_once: int) -> None:
+        from bench.ceiling import patches, sample_jpegs, serving_case
+
+        self.runs_at_once = runs_at_once
+        self.patches = patches(version, max_batch, sample_jpegs(8, SHARED_SAMPLES))
+        self.case = serving_case(version.metadata.precision, version, self.patches, elide=False, threads=threads,
+                                 sessions=runs_at_once)
+        self.input_name = next(iter(self.case.feeds))
+
+    def measure(self, batch: int, seconds: float) -> dict[str, float]:
+        """Calls of `batch` patches per session for about `seconds` (at least 3, after one untimed)."""
+        self.case.feeds = {self.input_name: np.ascontiguousarray(self.patches[:batch])}
+        self.case.run()
+        times: list[float] = []
+        end = time.perf_counter() + seconds
+        while len(times) < 3 or time.perf_counter() < end:
+            start = time.perf_counter()
+            self.case.run()
+            times.append(time.perf_counter() - start)
+        ms = 1000 * statistics.median(times)
+        return {"batch": batch, "sessions": self.runs_at_once, "runs": len(times), "ms_median": ms,
+                "crops_per_s": 1000 * batch * self.runs_at_once / ms}
+
+
+def ceiling_batch(row: dict[str, Any], crops: str) -> int:
+    """The batch the service used at this level, to whole images: mean patches per run, rounded."""
+    per = CROPS_PER_IMAGE[crops]
+    mean = row.get("batching", {}).get("mean_batch_patches", math.nan)
+    return per if math.isnan(mean) else max(per, per * round(mean / per))
+
+
+# -- one run ----------------------------------------------------------------------------------------------
+@dataclass
+class Target:
+    label: str  # "service fp32", "service int8", "fp32 unbatched", "naive baseline"
+    url: str
+    ceiling: Ceiling | None = None  # measured beside each level of this target (services only)
+
+
+def sweep(targets: Sequence[Target], images: Path, plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every level, every target one after the other, each service level followed at once by its ceiling:
+    load from other work drifts over minutes, and a ratio is only fair between numbers taken side by side."""
     rows = []
     for crops in plan.crops:
         for concurrency in plan.concurrency:
-            before = scrape(url) if metrics else {}
-            row = load_level(url, images, concurrency, crops, plan)
-            if metrics:
-                row["batching"] = batching_stats(before, scrape(url))
-            row.update(target=label, load_average=report.load())
-            rows.append(row)
-            log(f"  {label:>13} crops={crops:<6} c={concurrency:<3} {row['images_per_s']:7.2f} images/s  "
-                f"p99 {row['latency_ms']['p99']:8.0f} ms  errors {row['errors']}  (load {row['load_average']:.2f})")
+            for target in targets:
+                service = target.label != "naive baseline"
+                before = scrape(target.url) if service else {}
+                row = load_level(target.url, images, concurrency, crops, plan)
+                row.update(target=target.label, load_average=report.load())
+                if service:
+                    row["batching"] = batching_stats(before, scrape(target.url))
+                if target.ceiling is not None:
+                    row["ceiling"] = target.ceiling.measure(ceiling_batch(row, crops), plan.ceiling_seconds)
+                    row["ceiling"]["images_per_s"] = row["ceiling"]["crops_per_s"] / CROPS_PER_IMAGE[crops]
+                    row["x_ceiling"] = _ratio(row["images_per_s"], row["ceiling"]["images_per_s"])
+                rows.append(row)
+                extra = f", ceiling {row['ceiling']['images_per_s']:.2f} (× {row['x_ceiling']:.2f})" \
+                    if "ceiling" in row else ""
+                log(f"  {target.label:>14} crops={crops:<6} c={concurrency:<3} {row['images_per_s']:7.2f} images/s"
+                    f"{extra}  p99 {row['latency_ms']['p99']:7.0f} ms  errors {row['errors']}  "
+                    f"(load {row['load_average']:.2f})")
     return rows
-
-
-# -- the ceiling ------------------------------------------------------------------------------------------
-def measure_ceilings(models: Models, batches: dict[str, int], rounds: int, threads: int,
-                     log: Callable[[str], None]) -> dict[str, Any]:
-    """Bare ONNX Runtime sessions of the serving graph (as the service opens it) at the service's batches."""
-    from bench.ceiling import patches as make_patches
-    from bench.ceiling import sample_jpegs, serving_case
-    from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof
-
-    jpegs = sample_jpegs(8, SHARED_SAMPLES)
-    variants = [("fp32", models.fp32)] + ([("int8", models.int8)] if models.int8 is not None else [])
-    cases, meta = {}, {}
-    for precision, version in variants:
-        for key, batch in batches.items():
-            x = make_patches(version, batch, jpegs)
-            case = serving_case(f"{precision} {key}", version, x, elide=False, threads=threads)
-            cases[case.label] = case.run
-            meta[case.label] = {"precision": precision, "key": key, "batch": batch}
-    roof = MatmulRoof(intra_op_threads=threads)
-    cases["roof"] = roof.ort
-    log(f"measuring the ceiling ({', '.join(k for k in cases if k != 'roof')}) and the roof, {rounds} rounds ...")
-    samples = report.interleave(cases, rounds=rounds)
-    out: dict[str, Any] = {"roof_gflops_best": roof.flop / 1e9 / samples["roof"].best}
-    out["roof_images_per_s"] = out["roof_gflops_best"] / GFLOP_PER_TEN_CROP_IMAGE
-    out["cases"] = []
-    for label, info in meta.items():
-        wall = samples[label].wall
-        out["cases"].append({**info, "label": label, "ms_median": 1000 * statistics.median(wall),
-                             "crops_per_s_median": info["batch"] / statistics.median(wall),
-                             "crops_per_s_best": info["batch"] / min(wall)})
-    out["load_average"] = report.load()
-    return out
-
-
-def ceiling_for(ceilings: dict[str, Any], precision: str, key: str) -> dict[str, Any] | None:
-    return next((c for c in ceilings.get("cases", []) if c["precision"] == precision and c["key"] == key), None)
 
 
 # -- the report -------------------------------------------------------------------------------------------
@@ -295,28 +318,23 @@ def _ratio(a: float | None, b: float | None) -> float:
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """The ratios and the targets of issue 8, from this run's own numbers."""
-    rows, ceilings = result["runs"], result.get("ceiling", {})
+    rows = result["runs"]
     out: dict[str, Any] = {"ratios": [], "targets": {}}
     for crops in result["plan"]["crops"]:
-        per_image = CROPS_PER_IMAGE[crops]
-        ceiling = ceiling_for(ceilings, "fp32", crops)
-        ceiling_ips = ceiling["crops_per_s_median"] / per_image if ceiling else math.nan
         for c in result["plan"]["concurrency"]:
             svc, base, int8 = (_row(rows, t, crops, c) for t in ("service fp32", "naive baseline", "service int8"))
             if svc is None:
                 continue
             out["ratios"].append({
                 "crops": crops, "concurrency": c, "service_images_per_s": svc["images_per_s"],
-                "x_ceiling": _ratio(svc["images_per_s"], ceiling_ips),
+                "x_ceiling": svc.get("x_ceiling", math.nan),
                 "x_baseline": _ratio(svc["images_per_s"], base["images_per_s"] if base else None),
                 "int8_x_fp32": _ratio(int8["images_per_s"] if int8 else None, svc["images_per_s"]),
             })
-    target = next((r for r in out["ratios"] if r["crops"] == "ten" and r["concurrency"] == TARGET_CONCURRENCY), None)
-    svc16 = _row(rows, "service fp32", "ten", TARGET_CONCURRENCY)
-    one = ceiling_for(ceilings, "fp32", "one image")
-    svc1 = _row(rows, "service fp32", "ten", 1)
     t = out["targets"]
+    target = next((r for r in out["ratios"] if r["crops"] == "ten" and r["concurrency"] == TARGET_CONCURRENCY), None)
     if target:
+        svc16 = _row(rows, "service fp32", "ten", TARGET_CONCURRENCY)
         t["service_x_ceiling_c16_ten"] = {"value": target["x_ceiling"], "target": 0.9,
                                           "holds": target["x_ceiling"] >= 0.9}
         t["service_x_baseline_c16_ten"] = {"value": target["x_baseline"], "target": 1.6,
@@ -327,10 +345,12 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             goal = 2.5 if vnni else 1.6
             t["int8_x_fp32_c16_ten"] = {"value": target["int8_x_fp32"], "target": goal,
                                         "holds": target["int8_x_fp32"] >= goal}
-    if one and svc1:
-        ratio = svc1["latency_ms"]["p99"] / one["ms_median"]
+    svc1 = _row(rows, "service fp32", "ten", 1)
+    if svc1 and "ceiling" in svc1:  # at concurrency 1 the ceiling is the model's own time for one image
+        model_ms = svc1["ceiling"]["ms_median"]
+        ratio = svc1["latency_ms"]["p99"] / model_ms
         t["p99_c1_x_model_one_image"] = {"value": ratio, "target": 1.3, "holds": ratio <= 1.3,
-                                         "p99_ms": svc1["latency_ms"]["p99"], "model_ms": one["ms_median"]}
+                                         "p99_ms": svc1["latency_ms"]["p99"], "model_ms": model_ms}
     return out
 
 
@@ -339,27 +359,27 @@ def print_report(result: dict[str, Any], out: Callable[[str], None] = print) -> 
     out(f"CPU: {env['cpu']} ({env['cpus']} CPUs, {env['cpu_isa']}); flags: {' '.join(env['cpu_flags'])}")
     out(f"onnxruntime {env['onnxruntime']}; model {result['models']['fp32']}"
         + (f", int8 {result['models']['int8']}" if result["models"].get("int8") else ""))
+    if result["service_env"]:
+        out("service settings: " + " ".join(f"{k}={v}" for k, v in result["service_env"].items()))
+    roof = result.get("roof")
+    if roof:
+        out(f"roof: fp32 4096² matmul {roof['gflops']:.0f} GFLOP/s → {roof['images_per_s']:.2f} ten-crop images/s "
+            "for the paper network")
     out(f"load average: {env['load_average'][0]:.2f} at start, {result['load_average_end']:.2f} at end")
-    ceilings = result.get("ceiling") or {}
-    for c in ceilings.get("cases", []):
-        per = CROPS_PER_IMAGE.get(c["key"], 10)
-        out(f"ceiling {c['label']}: batch {c['batch']} patches, {c['ms_median']:.0f} ms/run, "
-            f"{c['crops_per_s_median']:.1f} patches/s = {c['crops_per_s_median'] / per:.2f} images/s")
-    if ceilings:
-        out(f"roof: fp32 matmul {ceilings['roof_gflops_best']:.0f} GFLOP/s → {ceilings['roof_images_per_s']:.2f} "
-            "ten-crop images/s for the paper network")
     ratios = {(r["crops"], r["concurrency"]): r for r in result["summary"]["ratios"]}
     table_rows = []
     for r in result["runs"]:
         lat = r["latency_ms"]
         ratio = ratios.get((r["crops"], r["concurrency"]), {}) if r["target"] == "service fp32" else {}
-        batch = r.get("batching", {}).get("mean_batch_patches", math.nan)
-        table_rows.append([r["target"], r["crops"], r["concurrency"], r["images_per_s"], lat["p50"], lat["p95"],
-                           lat["p99"], r["errors"], batch, ratio.get("x_ceiling", ""), ratio.get("x_baseline", ""),
-                           ratio.get("int8_x_fp32", "")])
+        ceiling = r.get("ceiling", {})
+        table_rows.append([
+            r["target"], r["crops"], r["concurrency"], r["images_per_s"], lat["p50"], lat["p95"], lat["p99"],
+            r["errors"], r.get("batching", {}).get("mean_batch_patches", ""), ceiling.get("images_per_s", ""),
+            r.get("x_ceiling", ""), ratio.get("x_baseline", ""), ratio.get("int8_x_fp32", ""),
+            f"{r['load_average']:.1f}"])
     out("")
     out(report.table(table_rows, ["target", "crops", "conc", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-                                  "batch", "÷ ceiling", "÷ baseline", "int8 ÷ fp32"]))
+                                  "batch", "ceiling", "÷ ceiling", "÷ baseline", "int8 ÷ fp32", "load"]))
     targets = result["summary"]["targets"]
     if targets:
         out("")
@@ -383,20 +403,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 continue
             xs = [r["concurrency"] for r in rows]
             style = "-" if crops == "ten" else "--"
-            ax1.plot(xs, [r["images_per_s"] for r in rows], style, marker="o", label=f"{target}, {crops}")
+            line, = ax1.plot(xs, [r["images_per_s"] for r in rows], style, marker="o", label=f"{target}, {crops}")
             ax2.plot(xs, [r["latency_ms"]["p99"] for r in rows], style, marker="o", label=f"{target}, {crops}")
-    for c in (result.get("ceiling") or {}).get("cases", []):
-        if c["key"] == "ten":
-            ax1.axhline(c["crops_per_s_median"] / 10, color="grey", linestyle=":",
-                        label=f"ceiling {c['precision']}, ten")
+            if "ceiling" in rows[0]:
+                ax1.plot(xs, [r["ceiling"]["images_per_s"] for r in rows], ":", color=line.get_color(),
+                         label=f"ceiling of {target}, {crops}")
     for ax, title, unit in ((ax1, "throughput", "images/s"), (ax2, "p99 latency", "ms")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(result["plan"]["concurrency"], [str(c) for c in result["plan"]["concurrency"]])
         ax.set_xlabel("concurrency (clients)")
         ax.set_ylabel(unit)
+        ax.set_yscale("log")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    ax2.set_yscale("log")
     ax1.legend(fontsize=7)
     fig.suptitle(f"alexnet-bench — {result['environment']['cpu']} ({result['environment']['cpus']} CPUs)")
     fig.tight_layout()
@@ -458,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of images to send (default: ../shared/data/imagenet-samples when present, "
                         "else JPEGs generated here)")
     d.add_argument("--quick", action="store_true",
-                   help="smoke run: concurrency 1 and 16, 5 s per level, 2 ceiling rounds")
+                   help="smoke run: concurrency 1 and 16, 5 s per level, 1 s of ceiling")
     s = p.add_argument_group("what to measure")
     s.add_argument("--service-env", type=_env, action="append", default=[], metavar="ALEXNET_NAME=VALUE",
                    help="a service setting for this run (repeatable), e.g. ALEXNET_MAX_BATCH_PATCHES=40")
@@ -466,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the fp32 service with ALEXNET_BATCHING=false (one run per request)")
     s.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     s.add_argument("--no-ceiling", action="store_true", help="skip the ceiling and the roof")
-    s.add_argument("--ceiling-rounds", type=int, default=6, help="interleaved ceiling rounds (default: 6)")
+    s.add_argument("--ceiling-seconds", type=float, default=5.0,
+                   help="seconds of bare-session runs after each service level (default: 5)")
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, help="where to write the JSON (default: bench/results/benchmark-<time>.json)")
     o.add_argument("--plot", type=Path, metavar="PNG", help="also draw throughput and p99 against concurrency")
@@ -475,43 +495,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     plan = Plan(concurrency=args.concurrency, crops=args.crops, duration=args.duration,
-                max_requests=args.max_requests, ceiling_rounds=args.ceiling_rounds)
+                max_requests=args.max_requests, ceiling_seconds=args.ceiling_seconds)
     if args.quick:
         plan = Plan(concurrency=[c for c in args.concurrency if c in (1, 16)] or [1], crops=args.crops,
-                    duration=5.0, max_requests=60, ceiling_rounds=2)
+                    duration=5.0, max_requests=60, ceiling_seconds=1.0)
     service_env = dict(args.service_env)
+    threads = int(service_env.get("ALEXNET_INTRA_OP_THREADS") or 0)
+    runs_at_once = int(service_env.get("ALEXNET_INFERENCE_CONCURRENCY") or 1)
     result: dict[str, Any] = {"environment": report.environment(), "plan": vars(plan), "service_env": service_env,
                               "runs": []}
-    with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp, contextlib.ExitStack() as servers:
         workdir = Path(tmp)
         models = resolve_models(args, workdir, log)
         images = image_folder(args.images, workdir)
         result["models"] = {"fp32": str(models.fp32.path), "int8": str(models.int8.path) if models.int8 else None}
         result["images"] = str(images)
-        targets = [("service fp32", models.fp32, service_env)]
+        services = [("service fp32", models.fp32, service_env)]
         if models.int8 is not None:
-            targets.append(("service int8", models.int8, service_env))
+            services.append(("service int8", models.int8, service_env))
         if args.batching_off_too:
-            targets.append(("fp32 unbatched", models.fp32, {**service_env, "ALEXNET_BATCHING": "false"}))
-        for label, version, env in targets:
+            services.append(("fp32 unbatched", models.fp32, {**service_env, "ALEXNET_BATCHING": "false"}))
+        max_batch = int(service_env.get("ALEXNET_MAX_BATCH_PATCHES") or 80)
+        targets = []
+        for label, version, env in services:
             log(f"{label}: starting alexnet-serve on {version.path} ...")
-            with service_server(version, workdir, env) as url:
-                result["runs"] += drive_all(url, images, plan, label, log, metrics=True)
-        if not args.no_ceiling:
-            batches = {"one image": 10}
-            for crops in plan.crops:
-                used = _row(result["runs"], "service fp32", crops, TARGET_CONCURRENCY) or max(
-                    (r for r in result["runs"] if r["target"] == "service fp32" and r["crops"] == crops),
-                    key=lambda r: r["concurrency"])
-                mean = used["batching"]["mean_batch_patches"]
-                per = CROPS_PER_IMAGE[crops]
-                batches[crops] = max(per, per * round(mean / per)) if not math.isnan(mean) else per
-            threads = int(service_env.get("ALEXNET_INTRA_OP_THREADS", "0") or 0)
-            result["ceiling"] = measure_ceilings(models, batches, plan.ceiling_rounds, threads, log)
+            url = servers.enter_context(service_server(version, workdir, env, label))
+            ceiling = None
+            if not args.no_ceiling and label != "fp32 unbatched":
+                ceiling = Ceiling(version, max_batch, threads, runs_at_once)
+            targets.append(Target(label, url, ceiling))
         if not args.no_baseline:
             log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
-            with baseline_server(workdir) as url:
-                result["runs"] += drive_all(url, images, plan, "naive baseline", log, metrics=False)
+            targets.append(Target("naive baseline", servers.enter_context(baseline_server(workdir))))
+        result["runs"] = sweep(targets, images, plan, log)
+    if not args.no_ceiling:
+        from bench.roof import measure_roof
+
+        roof = measure_roof(rounds=3, intra_op_threads=threads)
+        result["roof"] = {"gflops": roof.gflops, "images_per_s": roof.images_per_s}
     result["load_average_end"] = report.load()
     result["summary"] = summarise(result)
     return result

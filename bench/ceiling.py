@@ -1,5 +1,9 @@
 """The ceiling: a bare ONNX Runtime session on already-preprocessed crops, at the batch size the service uses.
 
+Two ways of using the cores are measured: one session whose intra-op thread pool spans all cores (one batch
+at a time), and one single-threaded session per core, each running its own batch concurrently. On a 2-core
+CPU the second is faster (the LRN's memory-bound elementwise ops and the int8 graph's many small ops scale
+poorly across threads; independent runs do not synchronise per op), at the price of each batch taking longer.
 Two inputs are measured: the exported network itself (float32 NCHW crops, normalised: the number the roof
 ratio is about) and the serving graph the service runs (uint8 NHWC patches → normalise → network → softmax,
 from service/graph.py). Images/s = crops/s ÷ 10 for the paper's ten-crop evaluation.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,21 +31,34 @@ CROPS_PER_IMAGE = 10
 
 @dataclass
 class Case:
-    """One session and the batch it is fed on every call."""
+    """One or more sessions and the batch each is fed on every call (several sessions run concurrently)."""
 
     label: str
-    session: ort.InferenceSession
+    sessions: list[ort.InferenceSession]
     feeds: dict[str, np.ndarray]
-    crops: int
+    crops: int  # per call, all sessions together
     precision: str
     graph: str  # "network" (float crops) or "serving" (uint8 patches → probabilities)
+    threads: int = 0  # intra-op threads per session (0: one per core)
     elision: ElisionReport = field(default_factory=ElisionReport)
+    _pool: ThreadPoolExecutor | None = None
 
     def run(self) -> None:
-        self.session.run(None, self.feeds)
+        if len(self.sessions) == 1:
+            self.sessions[0].run(None, self.feeds)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(len(self.sessions), thread_name_prefix="ceiling")
+        for future in [self._pool.submit(s.run, None, self.feeds) for s in self.sessions]:
+            future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "crops": self.crops, "precision": self.precision, "graph": self.graph,
+                "sessions": len(self.sessions), "intra_op_threads": self.threads,
                 "reorders_removed": self.elision.removed_reorders, "elision_fallback": self.elision.fallback}
 
 
@@ -81,20 +99,22 @@ def normalised(version: ModelVersion, uint8_patches: np.ndarray) -> np.ndarray:
 
 
 def network_case(label: str, onnx_path: Path, version: ModelVersion, uint8_patches: np.ndarray, *,
-                 elide: bool, threads: int = 0, config: dict[str, str] | None = None) -> Case:
-    session, report = cpu_session(onnx_path, intra_op_threads=threads, elide=elide, config=config)
-    feeds = {session.get_inputs()[0].name: normalised(version, uint8_patches)}
-    return Case(label, session, feeds, len(uint8_patches), version.metadata.precision, "network", report)
+                 elide: bool, threads: int = 0, sessions: int = 1, config: dict[str, str] | None = None) -> Case:
+    """`sessions` > 1: that many sessions (`threads` each) run the batch concurrently, one per core."""
+    opened = [cpu_session(onnx_path, intra_op_threads=threads, elide=elide, config=config) for _ in range(sessions)]
+    feeds = {opened[0][0].get_inputs()[0].name: normalised(version, uint8_patches)}
+    return Case(label, [s for s, _ in opened], feeds, sessions * len(uint8_patches), version.metadata.precision,
+                "network", threads, opened[0][1])
 
 
 def serving_case(label: str, version: ModelVersion, uint8_patches: np.ndarray, *, elide: bool, threads: int = 0,
-                 config: dict[str, str] | None = None) -> Case:
+                 sessions: int = 1, config: dict[str, str] | None = None) -> Case:
     from service.graph import INPUT_NAME, build_serving_model
 
     serving = build_serving_model(onnx.load(str(version.onnx_path)), version.metadata)
-    session, report = cpu_session(serving, intra_op_threads=threads, elide=elide, config=config)
-    return Case(label, session, {INPUT_NAME: uint8_patches}, len(uint8_patches), version.metadata.precision,
-                "serving", report)
+    opened = [cpu_session(serving, intra_op_threads=threads, elide=elide, config=config) for _ in range(sessions)]
+    return Case(label, [s for s, _ in opened], {INPUT_NAME: uint8_patches}, sessions * len(uint8_patches),
+                version.metadata.precision, "serving", threads, opened[0][1])
 
 
 def summarise(case: Case, wall: Sequence[float], roof_gflops: Sequence[float]) -> dict[str, Any]:

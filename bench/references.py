@@ -18,6 +18,7 @@ It prints a table with every ratio and writes JSON (default bench/results/refere
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from bench import report
 from bench.ceiling import CROPS_PER_IMAGE, Case, network_case, patches, sample_jpegs, serving_case, summarise
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof, numpy_blas
 
+FP32_REF = "fp32, banded LRN, reorders elided"
 SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
 
 
@@ -69,25 +71,43 @@ def build_models(workdir: Path, num_classes: int = 1000, seed: int = 0, int8: bo
 
 
 def ceiling_cases(fp32: ModelVersion, int8: ModelVersion | None, plain_onnx: Path | None, batch: int,
-                  jpegs: Sequence[bytes], threads: int, serving: bool) -> list[Case]:
+                  jpegs: Sequence[bytes], threads: int, serving: bool, per_core: int) -> list[Case]:
+    """The sessions to time. `per_core` > 1 adds the one-single-threaded-session-per-core variants."""
     x = patches(fp32, batch, jpegs)
     cases = []
     if plain_onnx is not None:
-        cases.append(network_case("fp32 network, LRN as PyTorch exports it (before)", plain_onnx, fp32, x,
-                                  elide=False, threads=threads))
-    cases.append(network_case("fp32 network, banded LRN (the export)", fp32.onnx_path, fp32, x, elide=False,
-                              threads=threads))
-    cases.append(network_case("fp32 network, banded LRN, reorders elided", fp32.onnx_path, fp32, x, elide=True,
-                              threads=threads))
-    if int8 is not None:
-        cases.append(network_case("int8 network (QDQ)", int8.onnx_path, int8, x, elide=False, threads=threads))
-    if serving:
-        cases.append(serving_case("fp32 serving graph (uint8 in, softmax out)", fp32, x, elide=False,
+        cases.append(network_case("fp32, LRN as PyTorch exports it (before)", plain_onnx, fp32, x, elide=False,
                                   threads=threads))
-        cases.append(serving_case("fp32 serving graph, reorders elided", fp32, x, elide=True, threads=threads))
+    cases.append(network_case("fp32, banded LRN (the export)", fp32.onnx_path, fp32, x, elide=False,
+                              threads=threads))
+    cases.append(network_case(FP32_REF, fp32.onnx_path, fp32, x, elide=True, threads=threads))
+    if per_core > 1:
+        cases.append(network_case(f"{FP32_REF}, {per_core} sessions × 1 thread", fp32.onnx_path, fp32, x,
+                                  elide=True, threads=1, sessions=per_core))
+    if int8 is not None:
+        cases.append(network_case("int8 (QDQ)", int8.onnx_path, int8, x, elide=False, threads=threads))
+        if per_core > 1:
+            cases.append(network_case(f"int8 (QDQ), {per_core} sessions × 1 thread", int8.onnx_path, int8, x,
+                                      elide=False, threads=1, sessions=per_core))
+    if serving:
+        cases.append(serving_case("serving graph: fp32, reorders elided", fp32, x, elide=True, threads=threads))
         if int8 is not None:
-            cases.append(serving_case("int8 serving graph", int8, x, elide=False, threads=threads))
+            cases.append(serving_case("serving graph: int8", int8, x, elide=False, threads=threads))
+        if per_core > 1:
+            cases.append(serving_case(f"serving graph: fp32, reorders elided, {per_core} sessions × 1 thread", fp32,
+                                      x, elide=True, threads=1, sessions=per_core))
+            if int8 is not None:
+                cases.append(serving_case(f"serving graph: int8, {per_core} sessions × 1 thread", int8, x,
+                                          elide=False, threads=1, sessions=per_core))
     return cases
+
+
+def fp32_reference(case: Case, cases: Sequence[Case]) -> Case:
+    """The fp32 banded, reorders-elided case with the same graph and the same use of the cores."""
+    for c in cases:
+        if (c.precision, c.graph, len(c.sessions)) == ("fp32", case.graph, len(case.sessions)) and "elided" in c.label:
+            return c
+    return case
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
@@ -111,17 +131,23 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         roof = MatmulRoof(intra_op_threads=args.threads)
         result["ceiling"] = []
         for batch in args.batch:
-            cases = ceiling_cases(fp32, int8, plain, batch, jpegs, args.threads, not args.no_serving)
+            per_core = args.per_core if args.per_core is not None else (os.cpu_count() or 1)
+            cases = ceiling_cases(fp32, int8, plain, batch, jpegs, args.threads, not args.no_serving, per_core)
             timed: dict[str, Callable[[], Any]] = {"roof ort": roof.ort, "roof numpy": roof.numpy}
             timed.update({c.label: c.run for c in cases})
             samples = report.interleave(timed, rounds=args.rounds, progress=log if args.verbose else None)
             roof_gflops = [max(roof.flop / 1e9 / a, roof.flop / 1e9 / b) for a, b in
                            zip(samples["roof ort"].wall, samples["roof numpy"].wall, strict=True)]
-            rows = [summarise(c, samples[c.label].wall, roof_gflops) for c in cases]
-            by_label = {c.label: samples[c.label].wall for c in cases}
-            fp32_label = "fp32 network, banded LRN, reorders elided"
-            for row in rows:
-                row["x_fp32_median"] = report.paired_ratio(by_label[fp32_label], by_label[row["label"]])
+            rows = []
+            for c in cases:
+                row = summarise(c, samples[c.label].wall, roof_gflops)
+                ref = fp32_reference(c, cases)
+                # images/s ratio, paired by round: (crops_c / t_c) / (crops_ref / t_ref)
+                row["x_fp32_median"] = report.paired_ratio(
+                    [c.crops / t for t in samples[c.label].wall], [ref.crops / t for t in samples[ref.label].wall])
+                row["fp32_reference"] = ref.label
+                rows.append(row)
+                c.close()
             result["ceiling"].append({
                 "batch": batch, "load_after": report.load(),
                 "roof": {"ort_gflops_best": roof.flop / 1e9 / samples["roof ort"].best,
@@ -199,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crops per run, comma-separated (default: 40 = four ten-crop images)")
     p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: 0 = one per core)")
+    p.add_argument("--per-core", type=int,
+                   help="also time this many single-threaded sessions running concurrently (default: the number of "
+                        "CPUs; 1 turns it off)")
     p.add_argument("--no-int8", action="store_true")
     p.add_argument("--no-serving", action="store_true", help="skip the serving-graph cases")
     p.add_argument("--no-baseline", action="store_true")
