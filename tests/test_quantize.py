@@ -55,6 +55,17 @@ def test_find_images_spreads_over_classes_and_uses_train(tmp_path: Path) -> None
         quantize.find_images(tmp_path / "nope", limit=4)
 
 
+def test_default_calibration_set_is_the_checkpoints_training_folder(tmp_path: Path) -> None:
+    import torch
+
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    torch.save({"args": {"data": str(tmp_path / "data")}}, tmp_path / "ckpt.pt")
+    assert quantize.default_calibration_dir(tmp_path / "ckpt.pt") == tmp_path / "data" / "train"
+    torch.save({"args": {"data": str(tmp_path / "gone")}}, tmp_path / "old.pt")
+    assert quantize.default_calibration_dir(tmp_path / "old.pt") is None
+    assert quantize.default_calibration_dir(None) is None
+
+
 def test_splitting_grouped_convs_keeps_the_function(exported) -> None:
     import onnxruntime as ort
 
