@@ -45,6 +45,7 @@ import numpy as np
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
 from bench import report
+from service.settings import Settings
 
 PROG = "alexnet-bench"
 SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
@@ -238,16 +239,18 @@ def batching_stats(before: dict[str, float], after: dict[str, float]) -> dict[st
 # -- the ceiling ------------------------------------------------------------------------------------------
 class Ceiling:
     """Bare ONNX Runtime sessions of the serving graph (bench/ceiling.py), opened like the service's: its
-    intra-op threads, and as many sessions running at once as the service runs batches at once. Fed
-    already-preprocessed patches of real photographs at a given batch."""
+    intra-op threads and spinning, and as many sessions running at once as the service runs batches at once.
+    Fed already-preprocessed patches of real photographs at a given batch."""
 
-    def __init__(self, version: ModelVersion, max_batch: int, threads: int, runs_at_once: int) -> None:
+    def __init__(self, version: ModelVersion, settings: Settings) -> None:
         from bench.ceiling import patches, sample_jpegs, serving_case
 
-        self.runs_at_once = runs_at_once
-        self.patches = patches(version, max_batch, sample_jpegs(8, SHARED_SAMPLES))
-        self.case = serving_case(version.metadata.precision, version, self.patches, elide=False, threads=threads,
-                                 sessions=runs_at_once)
+        self.runs_at_once = settings.inference_concurrency
+        self.patches = patches(version, settings.max_batch_patches, sample_jpegs(8, SHARED_SAMPLES))
+        spinning = {"session.intra_op.allow_spinning": "1" if settings.intra_op_spinning else "0"}
+        self.case = serving_case(version.metadata.precision, version, self.patches, elide=False,
+                                 threads=settings.effective_intra_op_threads(), sessions=self.runs_at_once,
+                                 config=spinning)
         self.input_name = next(iter(self.case.feeds))
 
     def measure(self, batch: int, seconds: float) -> dict[str, float]:
@@ -500,8 +503,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         plan = Plan(concurrency=[c for c in args.concurrency if c in (1, 16)] or [1], crops=args.crops,
                     duration=5.0, max_requests=60, ceiling_seconds=1.0)
     service_env = dict(args.service_env)
-    threads = int(service_env.get("ALEXNET_INTRA_OP_THREADS") or 0)
-    runs_at_once = int(service_env.get("ALEXNET_INFERENCE_CONCURRENCY") or 1)
+    # What the service will run with: its defaults, ALEXNET_* from this environment, then --service-env.
+    try:
+        settings = Settings(**{k.removeprefix("ALEXNET_").lower(): v for k, v in service_env.items()})
+    except ValueError as exc:  # pydantic's ValidationError
+        raise RuntimeError(f"--service-env: {exc}") from exc
     result: dict[str, Any] = {"environment": report.environment(), "plan": vars(plan), "service_env": service_env,
                               "runs": []}
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp, contextlib.ExitStack() as servers:
@@ -515,14 +521,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             services.append(("service int8", models.int8, service_env))
         if args.batching_off_too:
             services.append(("fp32 unbatched", models.fp32, {**service_env, "ALEXNET_BATCHING": "false"}))
-        max_batch = int(service_env.get("ALEXNET_MAX_BATCH_PATCHES") or 80)
         targets = []
         for label, version, env in services:
             log(f"{label}: starting alexnet-serve on {version.path} ...")
             url = servers.enter_context(service_server(version, workdir, env, label))
             ceiling = None
             if not args.no_ceiling and label != "fp32 unbatched":
-                ceiling = Ceiling(version, max_batch, threads, runs_at_once)
+                ceiling = Ceiling(version, settings)
             targets.append(Target(label, url, ceiling))
         if not args.no_baseline:
             log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
@@ -531,7 +536,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     if not args.no_ceiling:
         from bench.roof import measure_roof
 
-        roof = measure_roof(rounds=3, intra_op_threads=threads)
+        roof = measure_roof(rounds=3, intra_op_threads=settings.effective_intra_op_threads())
         result["roof"] = {"gflops": roof.gflops, "images_per_s": roof.images_per_s}
     result["load_average_end"] = report.load()
     result["summary"] = summarise(result)

@@ -63,7 +63,7 @@ class _Chunk:
 class BatchingRunner(InferenceRunner):
     """Gathers the patches of concurrent requests into runs of at most `max_batch` patches (see module doc)."""
 
-    def __init__(self, model: ClassifierModel, metrics: Metrics, *, max_batch: int = 80, max_delay: float = 0.005,
+    def __init__(self, model: ClassifierModel, metrics: Metrics, *, max_batch: int = 80, max_delay: float = 0.0,
                  max_queued: int = 64, concurrency: int = 1, retry_after: int = 1) -> None:
         if max_batch < 1 or concurrency < 1 or max_delay < 0 or max_queued < 0:
             raise ValueError("max_batch and concurrency must be >= 1, max_delay and max_queued >= 0")
@@ -199,8 +199,8 @@ class BatchingRunner(InferenceRunner):
     async def _run(self, batch: list[_Chunk]) -> None:
         try:
             try:
-                patches = batch[0].patches if len(batch) == 1 else np.concatenate([c.patches for c in batch])
-                probs = await anyio.to_thread.run_sync(self._predict, patches, limiter=self._threads)
+                probs = await anyio.to_thread.run_sync(self._predict, [c.patches for c in batch],
+                                                       limiter=self._threads)
             except Exception as exc:
                 log.exception("a model run for %d requests failed", len(batch))
                 for chunk in batch:
@@ -217,7 +217,9 @@ class BatchingRunner(InferenceRunner):
         finally:
             self._slots.release()
 
-    def _predict(self, patches: np.ndarray) -> np.ndarray:
+    def _predict(self, parts: list[np.ndarray]) -> np.ndarray:
+        """In the worker thread: the batch is assembled here (one copy), not on the event loop."""
+        patches = parts[0] if len(parts) == 1 else np.concatenate(parts)
         start = time.perf_counter()
         probs = self.model.predict(patches)
         self.metrics.inference_time.observe(time.perf_counter() - start)

@@ -51,7 +51,7 @@ class RuntimeOptions:
     """
 
     intra_op_threads: int = 0
-    spinning: bool = True
+    spinning: bool = False
     cudnn_conv_algo_search: CudnnConvAlgoSearch = "HEURISTIC"
 
     def session_options(self) -> ort.SessionOptions:

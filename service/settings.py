@@ -39,8 +39,8 @@ class Settings(BaseSettings):
         0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = ORT's default (all physical cores) "
                              "with one worker, cores ÷ workers with several")
     intra_op_spinning: bool = Field(
-        True, description="ONNX Runtime's idle threads spin-wait for work (faster hand-offs between layers) "
-                          "instead of sleeping (leaves the cores to image decoding)")
+        False, description="ONNX Runtime's idle threads spin-wait for work instead of sleeping; off by default: "
+                           "no faster on a quiet CPU, slower when the cores are shared (docs/benchmark.md)")
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
         "HEURISTIC", description="CUDA only: how cuDNN picks convolution algorithms; EXHAUSTIVE times them all "
                                  "again for every new batch size, which dynamic batching makes many of")
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         80, ge=1, description="most patches in one model run with batching (ten per image with crops=ten); "
                               "a larger request is split into runs of at most this many")
     max_batch_delay_ms: float = Field(
-        5.0, ge=0, description="with batching, how long the oldest waiting request may be held for others to "
+        0.0, ge=0, description="with batching, how long the oldest waiting request may be held for others to "
                                "join its run when the model is free and the batch is not full")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 503 answers")
 

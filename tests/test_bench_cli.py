@@ -72,21 +72,27 @@ def test_loadgen_refuses_anything_but_loopback(tmp_path, capsys):
 
 
 def test_summary_reports_targets_from_the_run_itself():
-    def row(target, crops, c, ips, p99=100.0, errors=0):
-        return {"target": target, "crops": crops, "concurrency": c, "images_per_s": ips, "errors": errors,
-                "latency_ms": {"p99": p99}}
+    def row(target, crops, c, ips, p99=100.0, errors=0, ceiling=None):
+        r = {"target": target, "crops": crops, "concurrency": c, "images_per_s": ips, "errors": errors,
+             "latency_ms": {"p99": p99}}
+        if ceiling:
+            r["ceiling"] = {"ms_median": ceiling[0], "images_per_s": ceiling[1]}
+            r["x_ceiling"] = ips / ceiling[1]
+        return r
 
     result = {
         "plan": {"crops": ["ten"], "concurrency": [1, 16]},
         "environment": {"cpu_flags": ["avx2", "avx512_vnni"]},
-        "runs": [row("service fp32", "ten", 1, 5.0, p99=130.0), row("service fp32", "ten", 16, 9.0),
+        "runs": [row("service fp32", "ten", 1, 5.0, p99=130.0, ceiling=(125.0, 8.0)),
+                 row("service fp32", "ten", 16, 9.0, ceiling=(800.0, 10.0)),
                  row("service int8", "ten", 16, 27.0), row("naive baseline", "ten", 16, 4.5)],
-        "ceiling": {"cases": [{"precision": "fp32", "key": "ten", "crops_per_s_median": 100.0, "ms_median": 800.0},
-                              {"precision": "fp32", "key": "one image", "crops_per_s_median": 80.0,
-                               "ms_median": 125.0}]},
     }
-    t = benchmark.summarise(result)["targets"]
+    summary = benchmark.summarise(result)
+    t = summary["targets"]
     assert t["service_x_ceiling_c16_ten"]["value"] == pytest.approx(0.9) and t["service_x_ceiling_c16_ten"]["holds"]
     assert t["service_x_baseline_c16_ten"]["value"] == pytest.approx(2.0)
     assert t["int8_x_fp32_c16_ten"] == {"value": pytest.approx(3.0), "target": 2.5, "holds": True}
     assert t["p99_c1_x_model_one_image"]["value"] == pytest.approx(130 / 125)
+    assert t["p99_c1_x_model_one_image"]["holds"]
+    c1 = next(r for r in summary["ratios"] if r["concurrency"] == 1)
+    assert math.isnan(c1["x_baseline"]) and c1["x_ceiling"] == pytest.approx(5 / 8)

@@ -91,9 +91,9 @@ _REQUEST_BODY = {
         "Upload images as multipart/form-data in the repeatable field `files` (or `file` for one). Each gets "
         "its top-k classes, softmax averaged over the ten patches of the paper (`crops=ten`) or from the "
         "single centre patch (`crops=center`). Results come in upload order; predictions highest first.\n\n"
-        "All images of a request run through the model in one batch. **One bad file fails the whole request** "
-        "(4xx naming that file, nothing is classified): a batch is all-or-nothing, so a client never has to "
-        "match partial results to its files."
+        "All images of a request are classified together (in model runs shared with concurrent requests: "
+        "dynamic batching). **One bad file fails the whole request** (4xx naming that file, nothing is "
+        "classified): a request is all-or-nothing, so a client never has to match partial results to its files."
     ),
     responses=_RESPONSES,
     openapi_extra={"requestBody": _REQUEST_BODY},
