@@ -71,7 +71,7 @@ def test_tiny_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert meta.training is not None and meta.training.dataset == "digits" and meta.training.epochs == 1
     assert meta.training.train_images == 40 and meta.training.val_images == 10
     assert meta.training.val_top1 is not None and meta.training.val_top5 is not None
-    assert meta.preprocessing.crops == "center"  # trained without reflections (digits are not mirror-symmetric)
+    assert meta.preprocessing.crops == "ten"  # trained with the paper's reflections, so its ten crops apply
     assert meta.preprocessing.mean != (0.485, 0.456, 0.406)  # computed from the digits
     assert meta.architecture.grouped and meta.source["dataset"] == "sklearn.datasets.load_digits"
     version.verify()

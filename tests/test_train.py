@@ -57,7 +57,7 @@ def test_recipe_defaults_are_the_papers() -> None:
     assert args.init == "paper" and not args.no_grouping and args.dropout == 0.5
     assert args.pca_std == 0.1 and not args.no_flip and args.resize_size == 256
     assert (args.device, args.amp, args.channels_last) == ("auto", "auto", "auto")
-
+    assert args.warmup_epochs == 0  # the paper has no warm-up
     model = torch.nn.Linear(4, 2)
     opt = train.build_optimizer(model, args)
     assert isinstance(opt, torch.optim.SGD)
@@ -71,6 +71,13 @@ def test_recipe_defaults_are_the_papers() -> None:
     for err in [0.5] * (args.lr_patience + 2):
         sched.step(err)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_warmup_is_linear_and_ends_at_the_base_rate() -> None:
+    lrs = [train.warmup_lr(0.01, 2.0, epoch, step, 4) for epoch in range(3) for step in range(4)]
+    assert lrs[:7] == pytest.approx([0.01 * k / 8 for k in range(1, 8)])
+    assert lrs[7:] == [None] * 5  # the last warm-up step reaches 0.01 exactly: from there the scheduler rules
+    assert train.warmup_lr(0.01, 0.0, 0, 0, 4) is None
 
 
 def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:

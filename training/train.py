@@ -49,7 +49,7 @@ METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "v
 # Options a resumed run takes from its checkpoint, so that it continues the same run whatever the command line says.
 RESUMED_OPTIONS = ("seed", "batch_size", "val_batch_size", "init", "no_grouping", "dropout", "pca_std", "no_flip",
                    "resize_size", "limit_train", "limit_val", "val_crops", "max_steps_per_epoch", "mean_std",
-                   "mean_std_images", "momentum", "weight_decay", "lr", "lr_factor", "lr_patience")
+                   "mean_std_images", "momentum", "weight_decay", "lr", "lr_factor", "lr_patience", "warmup_epochs")
 
 
 class TrainError(RuntimeError):
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply the learning rate by this when validation top-1 error stops improving (paper: 0.1)")
     o.add_argument("--lr-patience", type=int, default=5,
                    help="epochs without improvement of the validation error before the learning rate drops")
+    o.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="raise the learning rate linearly from 0 to --lr over this many epochs (not in the paper; "
+                        "keeps a large network from stalling at chance on small data sets)")
     o.add_argument("--max-steps-per-epoch", type=int, default=None, help="stop each epoch after N steps (smoke runs)")
 
     r = p.add_argument_group("run")
@@ -248,10 +251,22 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> tuple[torch.Ten
     return x, y.to(rt.device, non_blocking=True)
 
 
+def warmup_lr(base_lr: float, warmup_epochs: float, epoch: int, step: int, steps: int) -> float | None:
+    """Linear warm-up to `base_lr` over the first `warmup_epochs` (None once it is over).
+
+    A function of (epoch, step) alone, so a resumed run gets the same learning rates.
+    """
+    done = (epoch + (step + 1) / steps) / warmup_epochs if warmup_epochs > 0 else 1.0
+    return base_lr * done if done < 1.0 else None
+
+
 def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, rt: Runtime, epoch: int,
-                    epochs: int, max_steps: int | None, progress: bool) -> dict[str, float]:
+                    epochs: int, max_steps: int | None, progress: bool, base_lr: float = 0.0,
+                    warmup_epochs: float = 0.0) -> dict[str, float]:
+    """One pass over the training data; `epoch` counts from 1."""
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    in_warmup = warmup_epochs > epoch - 1
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
     seen = 0
@@ -262,6 +277,10 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         if step >= steps:
             break
         x, y = _to_device(x, y, rt)
+        if in_warmup:
+            lr = warmup_lr(base_lr, warmup_epochs, epoch - 1, step, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr if lr is None else lr
         with _autocast(rt):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -392,6 +411,8 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "lr_patience"):
         if getattr(args, name) < (0 if name == "lr_patience" else 1):
             raise TrainError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
+    if args.warmup_epochs < 0:
+        raise TrainError("--warmup-epochs must be 0 or more")
     if args.workers < 0:
         raise TrainError("--workers must be 0 or more")
     if not 0 <= args.dropout < 1:
@@ -512,9 +533,9 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
         epoch_start = time.perf_counter()
         seed_epoch(args.seed, epoch, rt.rank)
         loaders.train_sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
         train_stats = train_one_epoch(net, loaders.train, optimizer, rt, epoch + 1, args.epochs,
-                                      args.max_steps_per_epoch, progress)
+                                      args.max_steps_per_epoch, progress, args.lr, args.warmup_epochs)
+        lr = optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
         val_stats = evaluate(model, loaders.val, rt, progress)
         scheduler.step(1.0 - val_stats["val_top1"])  # the validation top-1 *error*
         row = {"epoch": epoch + 1, **train_stats, **val_stats, "lr": lr,
