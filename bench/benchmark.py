@@ -512,7 +512,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                               "runs": []}
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp, contextlib.ExitStack() as servers:
         workdir = Path(tmp)
-        models = resolve_models(args, workdir, log)
+        with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines are not the report
+            models = resolve_models(args, workdir, log)
         images = image_folder(args.images, workdir)
         result["models"] = {"fp32": str(models.fp32.path), "int8": str(models.int8.path) if models.int8 else None}
         result["images"] = str(images)
