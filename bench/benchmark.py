@@ -45,6 +45,7 @@ import numpy as np
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
 from bench import report
+from bench.loadgen import percentile
 from service.settings import Settings
 
 PROG = "alexnet-bench"
@@ -265,6 +266,7 @@ class Ceiling:
             times.append(time.perf_counter() - start)
         ms = 1000 * statistics.median(times)
         return {"batch": batch, "sessions": self.runs_at_once, "runs": len(times), "ms_median": ms,
+                "ms_p99": percentile([1000 * t for t in times], 99),
                 "crops_per_s": 1000 * batch * self.runs_at_once / ms}
 
 
@@ -352,8 +354,13 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     if svc1 and "ceiling" in svc1:  # at concurrency 1 the ceiling is the model's own time for one image
         model_ms = svc1["ceiling"]["ms_median"]
         ratio = svc1["latency_ms"]["p99"] / model_ms
+        # The model's own runs have a tail too (other processes, interrupts): its p99 says how much of the
+        # service's p99 is the service's doing.
+        model_p99 = svc1["ceiling"].get("ms_p99", math.nan)
         t["p99_c1_x_model_one_image"] = {"value": ratio, "target": 1.3, "holds": ratio <= 1.3,
-                                         "p99_ms": svc1["latency_ms"]["p99"], "model_ms": model_ms}
+                                         "p99_ms": svc1["latency_ms"]["p99"], "model_ms": model_ms,
+                                         "model_p99_ms": model_p99,
+                                         "p99_x_model_p99": svc1["latency_ms"]["p99"] / model_p99}
     return out
 
 
@@ -389,6 +396,11 @@ def print_report(result: dict[str, Any], out: Callable[[str], None] = print) -> 
         out("targets (issue 8):")
         for name, t in targets.items():
             out(f"  {name:28} {t['value']:.3f} (target {t['target']}) {'holds' if t['holds'] else 'MISSED'}")
+        latency = targets.get("p99_c1_x_model_one_image")
+        if latency:
+            out(f"  (concurrency 1: service p99 {latency['p99_ms']:.1f} ms; the model's own runs: median "
+                f"{latency['model_ms']:.1f} ms, p99 {latency['model_p99_ms']:.1f} ms; service p99 ÷ model p99 "
+                f"{latency['p99_x_model_p99']:.2f})")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
