@@ -128,9 +128,10 @@ class BatchingRunner(InferenceRunner):
         self._arrived.set()
         try:
             parts = [await chunk.future for chunk in chunks]
-        except asyncio.CancelledError:  # the client went away: its chunks are skipped when their turn comes
+        except BaseException:  # the client went away, or a run failed: the request's other chunks are dropped
             for chunk in chunks:
-                chunk.future.cancel()
+                if not chunk.future.cancel() and not chunk.future.cancelled():
+                    chunk.future.exception()  # already failed too: consumed, so asyncio does not warn about it
             raise
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

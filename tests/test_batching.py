@@ -206,7 +206,7 @@ def test_mixed_ten_and_center_requests_share_a_batch_and_keep_their_answers(expo
     requests = [(jpeg(w, h, seed), crops) for seed, (w, h, crops) in enumerate(
         [(320, 240, "ten"), (240, 320, "center"), (500, 375, "ten"), (256, 256, "center"), (180, 120, "ten"),
          (640, 480, "center")])]
-    app = create_app(settings_for(root, max_batch_delay_ms=300, max_batch_patches=64))
+    app = create_app(settings_for(root, max_batch_delay_ms=150, max_batch_patches=64))
     with TestClient(app) as c:
         wait_ready(c)
         sequential = [post(c, data, crops) for data, crops in requests]
@@ -247,3 +247,29 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
             gate.set()
         assert running.result(30) and queued.result(30)
         assert post(c, data, "ten")
+
+
+def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(model):
+    class FailsSecondRun(RecordingModel):
+        def predict(self, patches):
+            if len(self.batches) == 1:
+                self.batches.append(-1)
+                raise RuntimeError("out of memory")
+            return super().predict(patches)
+
+    recorder = FailsSecondRun(model)
+    big, small = random_patches(5, 1), random_patches(1, 2)
+
+    async def scenario():
+        runner = await started(BatchingRunner(recorder, Metrics(), max_batch=2, max_delay=0))
+        try:
+            with pytest.raises(RuntimeError, match="out of memory"):  # chunks [2, 2, 1]; the second run fails
+                await runner.infer(big)
+            result = await runner.infer(small)
+            assert runner.waiting == 0
+            return result
+        finally:
+            await runner.stop()
+
+    np.testing.assert_allclose(asyncio.run(scenario()), model.predict(small), rtol=1e-4, atol=1e-6)
+    assert recorder.batches[:2] == [2, -1] and recorder.batches[-1] == 1
