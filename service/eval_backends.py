@@ -120,11 +120,12 @@ class InProcessBackend:
         return ModelInfo(meta.name, meta.version, meta.precision, provider, meta.labels)
 
     def start(self) -> None:
-        from service.model import ClassifierModel  # onnxruntime is only imported when this backend runs
+        from service.model import ClassifierModel, RuntimeOptions  # onnxruntime only when this backend runs
 
         self.describe()
         try:
-            model = ClassifierModel(self._version, providers=self.providers, intra_op_threads=self.intra_op_threads)
+            model = ClassifierModel(self._version, providers=self.providers,
+                                    runtime=RuntimeOptions(intra_op_threads=self.intra_op_threads))
             model.load()
         except (StoreError, ValueError) as exc:
             raise BackendError(f"cannot load {self._version.path}: {exc}") from exc

@@ -6,6 +6,8 @@ knows nothing of HTTP; errors from preprocess are `ImageError`s that carry their
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -67,26 +69,52 @@ class RuntimeOptions:
         return [(name, cuda) if name == CUDA else name for name in names]
 
 
+@functools.cache
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads (the container toolkit injects it on GPU hosts).
+
+    onnxruntime-gpu lists CUDA among its providers on any machine; without a driver, asking for it only
+    costs a loud error in the log before the fall-back to CPU. With a driver, the CUDA/cuDNN libraries
+    of the `gpu` extra's pip packages are preloaded so the provider finds them without LD_LIBRARY_PATH.
+    """
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # a partial CUDA install: the session will report what it really got
+            log.warning("could not preload the CUDA libraries: %s", exc)
+    return True
+
+
 def resolve_providers(requested: Sequence[str] | None) -> list[str]:
-    """`None`/["auto"]: CUDA first when this onnxruntime build has it, then CPU. Unknown names are an error."""
+    """`None`/["auto"]: CUDA first when this onnxruntime build has it and a driver is present, then CPU.
+
+    Unknown names are an error. What is asked for is not what runs: `ClassifierModel.provider` says that.
+    """
     available = ort.get_available_providers()
     if not requested or list(requested) == ["auto"]:
-        return [p for p in (CUDA, CPU) if p in available]
+        if CUDA in available and not cuda_driver_present():
+            log.info("no NVIDIA driver (libcuda.so.1) here: using %s", CPU)
+        return [p for p in (CUDA, CPU) if p in available and (p != CUDA or cuda_driver_present())]
     unknown = [p for p in requested if p not in available]
     if unknown:
         raise ValueError(f"execution providers {unknown} are not in this onnxruntime build (available: {available})")
+    if CUDA in requested:
+        cuda_driver_present()  # preloads the pip CUDA libraries where a driver exists
     return list(requested)
 
 
 class ClassifierModel:
     def __init__(self, version: ModelVersion, providers: Sequence[str] | None = None,
-                 intra_op_threads: int = 0, limits: DecodeLimits = DEFAULT_LIMITS,
-                 runtime: RuntimeOptions | None = None) -> None:
+                 limits: DecodeLimits = DEFAULT_LIMITS, runtime: RuntimeOptions | None = None) -> None:
         self.version = version
         self.metadata = version.metadata
         self.requested_providers = resolve_providers(providers)
-        self.runtime = runtime or RuntimeOptions(intra_op_threads=intra_op_threads)
-        self.intra_op_threads = self.runtime.intra_op_threads
+        self.runtime = runtime or RuntimeOptions()
         self.limits = limits
         self.session: ort.InferenceSession | None = None
         self.labels = [lab.name for lab in self.metadata.labels]

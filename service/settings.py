@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["auto"],
         description="ONNX Runtime execution providers in order of preference, comma-separated; 'auto' = "
-                    "CUDAExecutionProvider first when this onnxruntime build has it, then CPUExecutionProvider",
+                    "CUDAExecutionProvider first when this onnxruntime build has it and an NVIDIA driver is present, "
+                    "then CPUExecutionProvider",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = ORT's default (all physical cores) "
