@@ -240,7 +240,7 @@ def batching_stats(before: dict[str, float], after: dict[str, float]) -> dict[st
 # -- the ceiling ------------------------------------------------------------------------------------------
 class Ceiling:
     """Bare ONNX Runtime sessions of the serving graph (bench/ceiling.py), opened like the service's: its
-    intra-op threads and spinning, and as many sessions running at once as the service runs batches at once.
+    intra-op threads, spinning and reorder elision, and as many sessions at once as the service runs batches.
     Fed already-preprocessed patches of real photographs at a given batch."""
 
     def __init__(self, version: ModelVersion, settings: Settings) -> None:
@@ -249,7 +249,7 @@ class Ceiling:
         self.runs_at_once = settings.inference_concurrency
         self.patches = patches(version, settings.max_batch_patches, sample_jpegs(8, SHARED_SAMPLES))
         spinning = {"session.intra_op.allow_spinning": "1" if settings.intra_op_spinning else "0"}
-        self.case = serving_case(version.metadata.precision, version, self.patches, elide=False,
+        self.case = serving_case(version.metadata.precision, version, self.patches, elide=settings.cpu_reorder_elision,
                                  threads=settings.effective_intra_op_threads(), sessions=self.runs_at_once,
                                  config=spinning)
         self.input_name = next(iter(self.case.feeds))

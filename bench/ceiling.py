@@ -23,8 +23,8 @@ import onnx
 import onnxruntime as ort
 
 from alexnet_store import ModelVersion
-from bench.fast_session import ElisionReport, cpu_session
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE
+from service.session import ElisionReport, cpu_session
 
 CROPS_PER_IMAGE = 10
 

@@ -84,8 +84,8 @@ def matmul_roof_min(runs: int, n: int = 4096, slices: int = 4, threads: int = 0)
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.ceiling import normalised, patches, sample_jpegs
-    from bench.fast_session import cpu_session
     from bench.references import SHARED_SAMPLES, build_models
+    from service.session import cpu_session
 
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=40)

@@ -9,7 +9,7 @@ network exported the current way (banded LRN), the same weights exported with Py
 decomposition (the "before"), and the int8 version of it. It then times, interleaved round by round:
 - the roof: fp32 4096² matmul (ONNX Runtime MLAS and numpy; the faster is the roof);
 - the ceiling: bare ONNX Runtime sessions on already-preprocessed crops, for each model, plain and with the
-  LRN's layout reorders removed (bench/fast_session.py), on the network and on the serving graph;
+  LRN's layout reorders removed (service/session.py), on the network and on the serving graph;
 - the naive baseline's own time per image (eager PyTorch + TenCrop, one image at a time, no HTTP);
 - the preprocessing of a 12 MP JPEG with and without JPEG draft decoding.
 It prints a table with every ratio and writes JSON (default bench/results/references-<time>.json).

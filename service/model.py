@@ -21,6 +21,7 @@ import onnxruntime as ort
 from alexnet_store import ModelVersion
 from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
 from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, PreparedImage, image_to_crops, prepare_image
+from service.session import ElisionReport, cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,23 @@ class RuntimeOptions:
       HEURISTIC asks cuDNN for its choice without timing.
     - the CUDA memory arena grows by what is requested (kSameAsRequested), not in doubling steps, so varying
       batch sizes do not reserve twice the memory they use.
+    - `reorder_elision`: on the CPU, remove ONNX Runtime's layout round trips around the LRN (service/session.py).
     """
 
     intra_op_threads: int = 0
     spinning: bool = False
     cudnn_conv_algo_search: CudnnConvAlgoSearch = "HEURISTIC"
+    reorder_elision: bool = True
+
+    def session_config(self) -> dict[str, str]:
+        return {"session.intra_op.allow_spinning": "1" if self.spinning else "0"}
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        for key, value in self.session_config().items():
+            options.add_session_config_entry(key, value)
         return options
 
     def providers(self, names: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
@@ -117,6 +124,7 @@ class ClassifierModel:
         self.runtime = runtime or RuntimeOptions()
         self.limits = limits
         self.session: ort.InferenceSession | None = None
+        self.elision: ElisionReport | None = None  # CPU sessions only
         self.labels = [lab.name for lab in self.metadata.labels]
 
     # -- load -------------------------------------------------------------------------------------------
@@ -134,9 +142,16 @@ class ClassifierModel:
     def load(self, warmup_batch: int = 10) -> None:
         """Verify the checksum, build the serving graph, open the session, and run it once."""
         self.version.verify()
-        serving = build_serving_model(onnx.load(str(self.version.onnx_path)), self.metadata)
-        session = ort.InferenceSession(serving.SerializeToString(), self.runtime.session_options(),
-                                       providers=self.runtime.providers(self.requested_providers))
+        serving = build_serving_model(onnx.load(str(self.version.onnx_path)), self.metadata).SerializeToString()
+        if self.requested_providers == [CPU]:
+            session, self.elision = cpu_session(serving, self.runtime.intra_op_threads,
+                                                elide=self.runtime.reorder_elision,
+                                                config=self.runtime.session_config())
+            log.info("CPU layout reorders removed: %d (%s)", self.elision.removed_reorders,
+                     self.elision.fallback or "checked against the plain session")
+        else:
+            session = ort.InferenceSession(serving, self.runtime.session_options(),
+                                           providers=self.runtime.providers(self.requested_providers))
         got = session.get_providers()
         if self.requested_providers[0] != got[0]:
             log.warning("asked for %s but onnxruntime runs on %s (CUDA libraries or GPU unavailable)",

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     intra_op_spinning: bool = Field(
         False, description="ONNX Runtime's idle threads spin-wait for work instead of sleeping; off by default: "
                            "no faster on a quiet CPU, slower when the cores are shared (docs/benchmark.md)")
+    cpu_reorder_elision: bool = Field(
+        True, description="on the CPU, run the LRN's elementwise ops in ONNX Runtime's blocked layout instead of "
+                          "converting to NCHW and back around them (checked against the plain session at load; "
+                          "+7 % fp32, docs/performance.md)")
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
         "HEURISTIC", description="CUDA only: how cuDNN picks convolution algorithms; EXHAUSTIVE times them all "
                                  "again for every new batch size, which dynamic batching makes many of")

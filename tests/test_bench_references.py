@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from bench import report
-from bench.fast_session import cpu_session, elide_reorders
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof, cpu_info
+from service.session import cpu_session, elide_reorders
 
 
 def test_roof_constants_and_cpu_info() -> None:

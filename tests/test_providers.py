@@ -27,3 +27,11 @@ def test_explicit_cuda_request_reports_the_provider_it_really_got(exported) -> N
     model.load(warmup_batch=1)
     assert model.requested_providers[0] == CUDA
     assert model.provider == (CUDA if cuda_provider_works() else CPU)
+
+
+def test_cpu_session_runs_without_the_lrn_layout_round_trips(exported) -> None:
+    _, version, _ = exported
+    model = ClassifierModel(version, providers=[CPU])
+    model.load(warmup_batch=1)
+    assert model.elision is not None and model.elision.fallback is None
+    assert model.elision.removed_reorders > 0  # the service API tests check its answers against PyTorch
