@@ -75,3 +75,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
         ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])]
     version = export_to_store(model, ModelStore(root), "testnet", labels, Preprocessing(), log=lambda _m: None)
     return root, version, model
+
+
+@pytest.fixture(scope="session")
+def loaded_model(exported):
+    """The `exported` model in one loaded CPU session, shared by the tests that only run it (never mutate it)."""
+    from service.model import ClassifierModel
+
+    _, version, _ = exported
+    model = ClassifierModel(version, providers=["CPUExecutionProvider"])
+    model.load(warmup_batch=1)
+    return model

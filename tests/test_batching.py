@@ -43,12 +43,6 @@ class RecordingModel:
         return self.model.predict(patches)
 
 
-@pytest.fixture(scope="module")
-def model(exported) -> ClassifierModel:
-    _, version, _ = exported
-    m = ClassifierModel(version, providers=["CPUExecutionProvider"])
-    m.load(warmup_batch=1)
-    return m
 
 
 def random_patches(n: int, seed: int) -> np.ndarray:
@@ -67,12 +61,12 @@ async def started(runner: BatchingRunner) -> BatchingRunner:
     return runner
 
 
-def test_rows_go_back_to_their_request_and_max_batch_holds(model):
+def test_rows_go_back_to_their_request_and_max_batch_holds(loaded_model):
     """Concurrent requests of different sizes (one larger than max_batch) get exactly the sequential answers."""
     sizes = [1, 10, 3, 10, 1, 25, 7, 10]
     inputs = [random_patches(n, seed) for seed, n in enumerate(sizes)]
-    expected = [model.predict(x) for x in inputs]
-    recorder = RecordingModel(model)
+    expected = [loaded_model.predict(x) for x in inputs]
+    recorder = RecordingModel(loaded_model)
     metrics = Metrics()
 
     async def scenario():
@@ -93,9 +87,9 @@ def test_rows_go_back_to_their_request_and_max_batch_holds(model):
     assert runs == len(recorder.batches) and total > runs
 
 
-def test_max_delay_flushes_a_lone_request(model):
+def test_max_delay_flushes_a_lone_request(loaded_model):
     x = random_patches(1, 42)
-    recorder = RecordingModel(model)
+    recorder = RecordingModel(loaded_model)
     metrics = Metrics()
 
     async def scenario():
@@ -105,15 +99,15 @@ def test_max_delay_flushes_a_lone_request(model):
         finally:
             await runner.stop()
 
-    np.testing.assert_allclose(asyncio.run(scenario()), model.predict(x), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(asyncio.run(scenario()), loaded_model.predict(x), rtol=1e-4, atol=1e-6)
     assert recorder.batches == [1]
     waited, count = histogram(metrics.queue_wait)
     assert count == 1 and waited >= 0.05  # it was held for the others that never came, then went alone
 
 
-def test_full_queue_overloads_then_recovers_and_cancelled_requests_are_skipped(model):
+def test_full_queue_overloads_then_recovers_and_cancelled_requests_are_skipped(loaded_model):
     gate = threading.Event()
-    recorder = RecordingModel(model, gate)
+    recorder = RecordingModel(loaded_model, gate)
     xs = [random_patches(2, seed) for seed in range(4)]
 
     async def scenario():
@@ -141,13 +135,13 @@ def test_full_queue_overloads_then_recovers_and_cancelled_requests_are_skipped(m
 
     first, second, again = asyncio.run(scenario())
     for got, x in ((first, xs[0]), (second, xs[1]), (again, xs[3])):
-        np.testing.assert_allclose(got, model.predict(x), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got, loaded_model.predict(x), rtol=1e-4, atol=1e-6)
     assert recorder.batches == [2, 2, 2]
 
 
-def test_shutdown_fails_queued_requests_and_finishes_the_running_batch(model):
+def test_shutdown_fails_queued_requests_and_finishes_the_running_batch(loaded_model):
     gate = threading.Event()
-    recorder = RecordingModel(model, gate)
+    recorder = RecordingModel(loaded_model, gate)
     xs = [random_patches(1, seed) for seed in range(3)]
 
     async def scenario():
@@ -167,7 +161,7 @@ def test_shutdown_fails_queued_requests_and_finishes_the_running_batch(model):
         return await running, outcomes
 
     first, outcomes = asyncio.run(scenario())
-    np.testing.assert_allclose(first, model.predict(xs[0]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(first, loaded_model.predict(xs[0]), rtol=1e-4, atol=1e-6)
     for outcome in outcomes:
         assert isinstance(outcome, ServiceUnavailable) and outcome.extra["reason"] == "shutting_down"
     assert recorder.batches == [1]
@@ -219,13 +213,13 @@ def test_mixed_ten_and_center_requests_share_a_batch_and_keep_their_answers(expo
     assert total == 2 * len(requests) and runs < total  # the concurrent ones went through the model together
 
 
-def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(exported, model):
+def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(exported, loaded_model):
     root, _, _ = exported
     gate = threading.Event()
-    recorder = RecordingModel(model, gate)
+    recorder = RecordingModel(loaded_model, gate)
     settings = settings_for(root, max_queued_inferences=1, retry_after_seconds=4, max_batch_patches=10,
                             max_batch_delay_ms=0)
-    app = create_app(settings, model=model,
+    app = create_app(settings, model=loaded_model,
                      runner_factory=lambda m, metrics, s: BatchingRunner(recorder, metrics, max_batch=10, max_delay=0,
                                                                          max_queued=1, retry_after=4))
     data = jpeg(320, 240, 0)
@@ -249,7 +243,7 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
         assert post(c, data, "ten")
 
 
-def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(model):
+def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(loaded_model):
     class FailsSecondRun(RecordingModel):
         def predict(self, patches):
             if len(self.batches) == 1:
@@ -257,7 +251,7 @@ def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(model):
                 raise RuntimeError("out of memory")
             return super().predict(patches)
 
-    recorder = FailsSecondRun(model)
+    recorder = FailsSecondRun(loaded_model)
     big, small = random_patches(5, 1), random_patches(1, 2)
 
     async def scenario():
@@ -271,5 +265,5 @@ def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(model):
         finally:
             await runner.stop()
 
-    np.testing.assert_allclose(asyncio.run(scenario()), model.predict(small), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(asyncio.run(scenario()), loaded_model.predict(small), rtol=1e-4, atol=1e-6)
     assert recorder.batches[:2] == [2, -1] and recorder.batches[-1] == 1

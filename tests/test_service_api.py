@@ -69,15 +69,6 @@ def wait_ready(client: TestClient, timeout: float = 60) -> None:
 
 
 @pytest.fixture(scope="module")
-def loaded_model(exported) -> ClassifierModel:
-    """One loaded ONNX Runtime session, shared by the apps of this module (each app would load its own)."""
-    _, version, _ = exported
-    model = ClassifierModel(version, providers=["CPUExecutionProvider"])
-    model.load(warmup_batch=1)
-    return model
-
-
-@pytest.fixture(scope="module")
 def client(exported):
     """An app that loads the model itself in its lifespan, like the real service."""
     root, _, _ = exported

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from alexnet_store import Label
+from alexnet_store import Label, Preprocessing, TrainingSummary
 from training.network import AlexNet
 
 CHECKPOINT_FORMAT = 1
@@ -56,3 +56,11 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> AlexNet:
 
 def labels_from_checkpoint(ckpt: dict[str, Any]) -> list[Label]:
     return [Label(id=str(i), name=str(n)) for i, n in ckpt["labels"]]
+
+
+def preprocessing_from_checkpoint(ckpt: dict[str, Any]) -> Preprocessing:
+    return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["preprocessing"].items()})
+
+
+def summary_from_checkpoint(ckpt: dict[str, Any]) -> TrainingSummary | None:
+    return TrainingSummary(**ckpt["summary"]) if ckpt.get("summary") else None

@@ -152,9 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
 
     # Heavy imports only when there is work to do.
-    from alexnet_store import Preprocessing, TrainingSummary
     from training import train
-    from training.checkpoint import labels_from_checkpoint, load_checkpoint, model_from_checkpoint
+    from training.checkpoint import (
+        labels_from_checkpoint,
+        load_checkpoint,
+        model_from_checkpoint,
+        preprocessing_from_checkpoint,
+        summary_from_checkpoint,
+    )
     from training.data import DatasetError
     from training.export import ExportError, export_to_store, parity_images
 
@@ -186,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_time = time.perf_counter() - train_start
         ckpt = load_checkpoint(result.last)
         model = model_from_checkpoint(ckpt)
-        pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["preprocessing"].items()})
-        summary = TrainingSummary(**ckpt["summary"])
+        pre = preprocessing_from_checkpoint(ckpt)
+        summary = summary_from_checkpoint(ckpt)
         images = parity_images(None) + parity_images(args.data / "val", limit=2)
         version = export_to_store(
             model, store, args.name, labels_from_checkpoint(ckpt), pre, training=summary, images=images,

@@ -37,6 +37,8 @@ from training.checkpoint import (
     labels_from_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
+    preprocessing_from_checkpoint,
+    summary_from_checkpoint,
 )
 from training.labels import LabelsError, labels_for_classes, read_label_file
 from training.network import INIT_SCHEMES, INPUT_SIZE, AlexNet, build_alexnet
@@ -182,8 +184,8 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
             # Keep the checkpoint's class ids (its folder names, which evaluation matches on) and take the names
             # from the file: matched by wnid/name, or in order when the file has one entry per class.
             labels = labels_for_classes([lab.id for lab in labels], args.labels)
-        summary = TrainingSummary(**ckpt["summary"]) if ckpt.get("summary") else None
-        pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["preprocessing"].items()})
+        summary = summary_from_checkpoint(ckpt)
+        pre = preprocessing_from_checkpoint(ckpt)
         return model, labels, pre, summary, {"checkpoint": str(args.checkpoint.resolve())}
     num_classes = args.num_classes or (len(file_labels) if file_labels else None)
     if not num_classes or num_classes < 1:
