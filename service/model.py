@@ -21,7 +21,7 @@ import onnxruntime as ort
 from alexnet_store import ModelVersion
 from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
 from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, PreparedImage, image_to_crops, prepare_image
-from service.session import ElisionReport, cpu_session
+from service.session import ElisionReport, cpu_session, session_options
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,7 @@ class RuntimeOptions:
         return {"session.intra_op.allow_spinning": "1" if self.spinning else "0"}
 
     def session_options(self) -> ort.SessionOptions:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.intra_op_threads
-        for key, value in self.session_config().items():
-            options.add_session_config_entry(key, value)
-        return options
+        return session_options(self.intra_op_threads, self.session_config())
 
     def providers(self, names: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
         """Provider names with their options; CPU needs none."""

@@ -127,15 +127,15 @@ def elide_reorders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ElisionRepo
     return model_copy, ElisionReport(removed_reorders=len(removed), blocked_nodes=len(chosen))
 
 
-def _options(intra_op_threads: int, level: ort.GraphOptimizationLevel, config: dict[str, str] | None,
-             optimized_path: str | None = None, profile_prefix: str | None = None) -> ort.SessionOptions:
+def session_options(intra_op_threads: int = 0, config: dict[str, str] | None = None, *,
+                    optimized_path: str | None = None, profile_prefix: str | None = None) -> ort.SessionOptions:
+    """ORT_ENABLE_ALL (ONNX Runtime's NCHWc transformer only runs at that level), threads, config entries."""
     options = ort.SessionOptions()
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    options.graph_optimization_level = level
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads
-    options.log_severity_level = 3
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     if optimized_path:
@@ -169,21 +169,23 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
     else:
         with open(model, "rb") as fh:
             data = fh.read()
-    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CPUExecutionProvider"]
+
+    def open_session(graph: bytes, optimized_path: str | None = None,
+                     profile: str | None = profile_prefix) -> ort.InferenceSession:
+        options = session_options(intra_op_threads, config, optimized_path=optimized_path, profile_prefix=profile)
+        options.log_severity_level = 3  # the rewritten graph's re-inferred shapes are not worth a warning
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
     if not elide:
-        options = _options(intra_op_threads, level, config, profile_prefix=profile_prefix)
-        return ort.InferenceSession(data, options, providers=providers), ElisionReport(fallback="not requested")
+        return open_session(data), ElisionReport(fallback="not requested")
     try:
         tmp = tempfile.TemporaryDirectory(prefix="alexnet-ort-")
     except OSError as exc:  # no writable temporary folder (a read-only container without a tmpfs)
         log.warning("reorder elision skipped: %s", exc)
-        options = _options(intra_op_threads, level, config, profile_prefix=profile_prefix)
-        return ort.InferenceSession(data, options, providers=providers), ElisionReport(fallback=str(exc))
+        return open_session(data), ElisionReport(fallback=str(exc))
     with tmp:
         optimized_path = os.path.join(tmp.name, "optimized.onnx")
-        plain = ort.InferenceSession(data, _options(intra_op_threads, level, config, optimized_path),
-                                     providers=providers)
+        plain = open_session(data, optimized_path, profile=None)
         try:
             rewritten, report = elide_reorders(onnx.load(optimized_path))
         except Exception as exc:  # an ONNX Runtime version that saves something else: keep the ordinary one
@@ -191,14 +193,9 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
             return plain, ElisionReport(fallback=f"rewrite failed: {exc}")
     if not report.removed_reorders:
         report.fallback = "nothing to elide"
-        if profile_prefix:
-            plain = ort.InferenceSession(data, _options(intra_op_threads, level, config, None, profile_prefix),
-                                         providers=providers)
-        return plain, report
+        return (open_session(data) if profile_prefix else plain), report
     try:
-        fast = ort.InferenceSession(rewritten.SerializeToString(),
-                                    _options(intra_op_threads, level, config, None, profile_prefix),
-                                    providers=providers)
+        fast = open_session(rewritten.SerializeToString())
         feeds = _probe_inputs(plain)
         want, got = plain.run(None, feeds), fast.run(None, feeds)
         for w, g in zip(want, got, strict=True):
