@@ -173,7 +173,7 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
     def open_session(graph: bytes, optimized_path: str | None = None,
                      profile: str | None = profile_prefix) -> ort.InferenceSession:
         options = session_options(intra_op_threads, config, optimized_path=optimized_path, profile_prefix=profile)
-        options.log_severity_level = 3  # the rewritten graph's re-inferred shapes are not worth a warning
+        options.log_severity_level = 3  # errors only: saving the NCHWc graph warns it is hardware-specific (it is)
         return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     if not elide:
