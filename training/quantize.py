@@ -408,11 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = ModelStore(args.model_store)
         if args.version is None:
-            name = args.name or store.resolve().name
-            fp32 = [v for v in store.versions(name) if store.resolve(name, v).metadata.precision == "fp32"]
-            if not fp32:
-                raise QuantizeError(f"model {name!r} has no fp32 version to quantise")
-            source = store.resolve(name, fp32[-1])
+            source = store.newest(args.name or store.resolve().name, "fp32")
         else:
             source = store.resolve(args.name, args.version)
         version = quantize_store_version(
