@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,54 @@ def check_parity(model: AlexNet, onnx_path: Path, images: Sequence[Image.Image],
     return Parity(max_abs_diff=max_abs, max_rel_diff=max_rel, tolerance=tolerance, images=len(images))
 
 
+@dataclass(frozen=True)
+class CheckedOnnx:
+    """An exported ONNX file that passed the parity check, with the metadata facts every publisher records."""
+
+    onnx: OnnxInfo
+    parity: Parity
+    images: list[Image.Image]  # the photographs of the parity check
+    architecture: Architecture
+    source: dict
+
+
+def export_checked_onnx(
+    model: AlexNet,
+    path: Path,
+    labels: Sequence[Label],
+    preprocessing: Preprocessing,
+    *,
+    source: dict | None = None,
+    opset: int = DEFAULT_OPSET,
+    images: Sequence[Image.Image] | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    log=print,
+) -> CheckedOnnx:
+    """Export `model` to `path` and check it against PyTorch; ExportError if it is not fit to publish.
+
+    Shared by the fp32 export and the INT8 one (which quantises this file), so both refuse the same models.
+    """
+    if len(labels) != model.num_classes:
+        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+    images = list(images) if images is not None else parity_images(None)
+    log(f"exporting ONNX (opset {opset}) ...")
+    export_onnx(model, path, opset)
+    parity = check_parity(model, path, images, preprocessing, tolerance)
+    log(f"parity ONNX Runtime vs PyTorch on {parity.images} images × 10 crops: "
+        f"max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g} "
+        f"(tolerance {tolerance:g})")
+    if parity.max_rel_diff > tolerance:
+        raise ExportError(
+            f"parity check failed: relative difference {parity.max_rel_diff:.3g} exceeds {tolerance:g}; "
+            "nothing was written to the model store"
+        )
+    return CheckedOnnx(
+        onnx=OnnxInfo(file=path.name, sha256=sha256_of(path), opset=opset, bytes=path.stat().st_size),
+        parity=parity, images=images, architecture=Architecture(**model.describe()),
+        source={**(source or {}), "torch": torch.__version__},
+    )
+
+
 def export_to_store(
     model: AlexNet,
     store: ModelStore,
@@ -107,30 +156,14 @@ def export_to_store(
     tolerance: float = PARITY_TOLERANCE,
     log=print,
 ) -> ModelVersion:
-    if len(labels) != model.num_classes:
-        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
-    images = list(images) if images is not None else parity_images(None)
     with store.new_version(name) as staging:
-        onnx_path = staging.path / "model.onnx"
-        log(f"exporting ONNX (opset {opset}) ...")
-        export_onnx(model, onnx_path, opset)
-        parity = check_parity(model, onnx_path, images, preprocessing, tolerance)
-        log(f"parity ONNX Runtime vs PyTorch on {parity.images} images × 10 crops: "
-            f"max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g} "
-            f"(tolerance {tolerance:g})")
-        if parity.max_rel_diff > tolerance:
-            raise ExportError(
-                f"parity check failed: relative difference {parity.max_rel_diff:.3g} exceeds {tolerance:g}; "
-                "nothing was written to the model store"
-            )
-        onnx_info = OnnxInfo(file=onnx_path.name, sha256=sha256_of(onnx_path), opset=opset,
-                             bytes=onnx_path.stat().st_size)
+        checked = export_checked_onnx(model, staging.path / "model.onnx", labels, preprocessing, source=source,
+                                      opset=opset, images=images, tolerance=tolerance, log=log)
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         return staging.commit(lambda version: ModelMetadata(
-            name=name, version=version, created_at=created,
-            architecture=Architecture(**model.describe()),
-            labels=tuple(labels), preprocessing=preprocessing, onnx=onnx_info, parity=parity,
-            training=training, source={**(source or {}), "torch": torch.__version__},
+            name=name, version=version, created_at=created, architecture=checked.architecture,
+            labels=tuple(labels), preprocessing=preprocessing, onnx=checked.onnx, parity=checked.parity,
+            training=training, source=checked.source,
         ))
 
 
@@ -205,20 +238,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model, labels, pre, summary, source = _model_from_args(args)
-        images = parity_images(args.parity_images)
+        store = ModelStore(args.model_store)
+        common = {"training": summary, "source": source, "opset": args.opset,
+                  "images": parity_images(args.parity_images), "tolerance": args.parity_tolerance,
+                  "log": lambda m: print(m, file=sys.stderr)}
         if args.quantize:
             from training.quantize import default_calibration_dir, export_int8
 
             version = export_int8(
-                model, ModelStore(args.model_store), args.name, labels, pre, training=summary, source=source,
-                opset=args.opset, images=images, tolerance=args.parity_tolerance,
+                model, store, args.name, labels, pre, **common,
                 calibration_dir=args.calibration_dir or default_calibration_dir(args.checkpoint),
                 calibration_images=args.calibration_images, reduce_range=args.reduce_range,
-                method=args.calibration_method, log=lambda m: print(m, file=sys.stderr))
+                method=args.calibration_method)
         else:
-            version = export_to_store(model, ModelStore(args.model_store), args.name, labels, pre, training=summary,
-                                      source=source, opset=args.opset, images=images, tolerance=args.parity_tolerance,
-                                      log=lambda m: print(m, file=sys.stderr))
+            version = export_to_store(model, store, args.name, labels, pre, **common)
     except (ExportError, CheckpointError, LabelsError, StoreError, QuantizeError) as exc:
         print(f"alexnet-export: error: {exc}", file=sys.stderr)
         return 2

@@ -35,8 +35,19 @@ import numpy as np
 import onnx
 from PIL import Image
 
-from alexnet_store import ModelMetadata, ModelStore, ModelVersion, OnnxInfo, Preprocessing, StoreError
+from alexnet_store import (
+    Label,
+    ModelMetadata,
+    ModelStore,
+    ModelVersion,
+    OnnxInfo,
+    Preprocessing,
+    StoreError,
+    TrainingSummary,
+)
 from alexnet_store.store import sha256_of
+from training.export import DEFAULT_OPSET, PARITY_TOLERANCE, export_checked_onnx
+from training.network import AlexNet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 DEFAULT_CALIBRATION_IMAGES = 64
@@ -337,42 +348,27 @@ def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str
                         reduce_range=reduce_range, method=method, log=log)
 
 
-def export_int8(model, store: ModelStore, name: str, labels, preprocessing: Preprocessing, *, training=None,
-                source: dict | None = None, opset: int | None = None, images: Sequence[Image.Image] | None = None,
-                tolerance: float | None = None, calibration_dir: Path | None = None,
-                calibration_images: int = DEFAULT_CALIBRATION_IMAGES, reduce_range: bool = False,
-                method: str = "minmax", log: Callable[[str], None] = print) -> ModelVersion:
+def export_int8(model: AlexNet, store: ModelStore, name: str, labels: Sequence[Label], preprocessing: Preprocessing,
+                *, training: TrainingSummary | None = None, source: dict | None = None, opset: int = DEFAULT_OPSET,
+                images: Sequence[Image.Image] | None = None, tolerance: float = PARITY_TOLERANCE,
+                calibration_dir: Path | None = None, calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+                reduce_range: bool = False, method: str = "minmax",
+                log: Callable[[str], None] = print) -> ModelVersion:
     """`alexnet-export --quantize int8`: a PyTorch model → parity-checked fp32 ONNX → a new int8 version."""
-    import torch
-
-    from alexnet_store.metadata import Architecture
-    from training.export import DEFAULT_OPSET, PARITY_TOLERANCE, ExportError, check_parity, export_onnx, parity_images
-
-    opset = opset or DEFAULT_OPSET
-    tolerance = PARITY_TOLERANCE if tolerance is None else tolerance
-    images = list(images) if images is not None else parity_images(None)
-    if len(labels) != model.num_classes:
-        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
     with tempfile.TemporaryDirectory(prefix="alexnet-export-") as tmp:
         fp32_path = Path(tmp) / "model.onnx"
-        log(f"exporting the fp32 ONNX (opset {opset}) to quantise ...")
-        export_onnx(model, fp32_path, opset)
-        parity = check_parity(model, fp32_path, images, preprocessing, tolerance)
-        log(f"fp32 parity ONNX Runtime vs PyTorch: max rel diff {parity.max_rel_diff:.3g} (tolerance {tolerance:g})")
-        if parity.max_rel_diff > tolerance:
-            raise ExportError(f"parity check failed: relative difference {parity.max_rel_diff:.3g} exceeds "
-                              f"{tolerance:g}; nothing was written to the model store")
+        checked = export_checked_onnx(model, fp32_path, labels, preprocessing, source=source, opset=opset,
+                                      images=images, tolerance=tolerance, log=log)
         calibration, where = calibration_set(calibration_dir, preprocessing, calibration_images, log)
         template = ModelMetadata(
-            name=name, version=1, created_at="", architecture=Architecture(**model.describe()), labels=tuple(labels),
-            preprocessing=preprocessing, onnx=OnnxInfo(file="model.onnx", sha256="", opset=opset), training=training,
-            source={**(source or {}), "torch": torch.__version__})
-        origin = {"fp32_parity": {"max_rel_diff": parity.max_rel_diff, "tolerance": tolerance, "images": len(images)},
-                  "fp32_sha256": sha256_of(fp32_path)}
+            name=name, version=1, created_at="", architecture=checked.architecture, labels=tuple(labels),
+            preprocessing=preprocessing, onnx=checked.onnx, training=training, source=checked.source)
+        origin = {"fp32_parity": {"max_rel_diff": checked.parity.max_rel_diff, "tolerance": tolerance,
+                                  "images": len(checked.images)},
+                  "fp32_sha256": checked.onnx.sha256}
+        check = ten_crop_batches(checked.images, preprocessing) + calibration[:CHECK_FROM_CALIBRATION]
         return publish_int8(store, name, fp32_path, template, calibration=calibration, calibration_source=where,
-                            check=ten_crop_batches(images, preprocessing) + calibration[:CHECK_FROM_CALIBRATION],
-                            origin=origin, reduce_range=reduce_range,
-                            method=method, log=log)
+                            check=check, origin=origin, reduce_range=reduce_range, method=method, log=log)
 
 
 def build_parser() -> argparse.ArgumentParser:
