@@ -72,10 +72,19 @@ def parity_images(directory: Path | None, limit: int = 4) -> list[Image.Image]:
         files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
         if not files:
             raise ExportError(f"no images found under {directory} for the parity check")
-        return [Image.open(p).convert("RGB") for p in files]
+        return load_images(files)
     from sklearn.datasets import load_sample_images
 
     return [Image.fromarray(img) for img in load_sample_images().images][:limit]
+
+
+def load_images(paths: Sequence[Path]) -> list[Image.Image]:
+    """Decode as RGB, closing each file (some formats keep it open until the image is dropped)."""
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(img.convert("RGB"))
+    return images
 
 
 def check_parity(model: AlexNet, onnx_path: Path, images: Sequence[Image.Image], pre: Preprocessing,

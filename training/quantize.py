@@ -46,10 +46,16 @@ from alexnet_store import (
     TrainingSummary,
 )
 from alexnet_store.store import sha256_of
-from training.export import DEFAULT_OPSET, PARITY_TOLERANCE, export_checked_onnx
+from training.export import (
+    DEFAULT_OPSET,
+    IMAGE_SUFFIXES,
+    PARITY_TOLERANCE,
+    export_checked_onnx,
+    load_images,
+    parity_images,
+)
 from training.network import AlexNet
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 DEFAULT_CALIBRATION_IMAGES = 64
 CHECK_FROM_CALIBRATION = 16  # calibration images that also go into the int8-vs-fp32 check, beside the photos
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -106,21 +112,6 @@ def default_calibration_dir(checkpoint: Path | None) -> Path | None:
     if data and (Path(data) / "train").is_dir():
         return Path(data) / "train"
     return None
-
-
-def sample_photographs() -> list[Image.Image]:
-    """The two photographs inside scikit-learn's wheel: the fallback when no calibration folder is known."""
-    from sklearn.datasets import load_sample_images
-
-    return [Image.fromarray(img) for img in load_sample_images().images]
-
-
-def load_images(paths: Sequence[Path]) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
-    return images
 
 
 def ten_crop_batches(images: Sequence[Image.Image], pre: Preprocessing) -> list[np.ndarray]:
@@ -327,7 +318,7 @@ def calibration_set(directory: Path | None, pre: Preprocessing, limit: int = DEF
         return ten_crop_batches(load_images(paths), pre), str(Path(directory).resolve())
     log("warning: no calibration folder given or known; calibrating on the two photographs shipped with "
         "scikit-learn (pass --calibration-dir with training images for a better int8 model)")
-    return ten_crop_batches(sample_photographs(), pre), "scikit-learn sample photographs"
+    return ten_crop_batches(parity_images(None), pre), "scikit-learn sample photographs"
 
 
 def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str | None = None,
@@ -341,7 +332,7 @@ def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str
     source.verify()
     pre = source.metadata.preprocessing
     calibration, where = calibration_set(calibration_dir, pre, calibration_images, log)
-    check = ten_crop_batches(check_images or sample_photographs(), pre) + calibration[:CHECK_FROM_CALIBRATION]
+    check = ten_crop_batches(check_images or parity_images(None), pre) + calibration[:CHECK_FROM_CALIBRATION]
     origin = {"name": source.name, "version": source.version, "sha256": source.metadata.onnx.sha256}
     return publish_int8(store, name or source.name, source.onnx_path, source.metadata, calibration=calibration,
                         calibration_source=where, check=check, origin=origin, per_channel=per_channel,
