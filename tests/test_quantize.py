@@ -61,9 +61,9 @@ def test_default_calibration_set_is_the_checkpoints_training_folder(tmp_path: Pa
 
     (tmp_path / "data" / "train").mkdir(parents=True)
     torch.save({"args": {"data": str(tmp_path / "data")}}, tmp_path / "ckpt.pt")
-    assert quantize.default_calibration_dir(tmp_path / "ckpt.pt") == tmp_path / "data" / "train"
+    assert quantize.default_calibration_dir(torch.load(tmp_path / "ckpt.pt")) == tmp_path / "data" / "train"
     torch.save({"args": {"data": str(tmp_path / "gone")}}, tmp_path / "old.pt")
-    assert quantize.default_calibration_dir(tmp_path / "old.pt") is None
+    assert quantize.default_calibration_dir(torch.load(tmp_path / "old.pt")) is None
     assert quantize.default_calibration_dir(None) is None
 
 

@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Preprocessing,
-                                                         TrainingSummary | None, dict]:
+                                                         TrainingSummary | None, dict, dict | None]:
+    """The model to export, its labels, preprocessing, training summary, source record and checkpoint (if any)."""
     file_labels = read_label_file(args.labels) if args.labels else None
     if args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint)
@@ -228,7 +229,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
             labels = labels_for_classes([lab.id for lab in labels], args.labels)
         summary = summary_from_checkpoint(ckpt)
         pre = preprocessing_from_checkpoint(ckpt)
-        return model, labels, pre, summary, {"checkpoint": str(args.checkpoint.resolve())}
+        return model, labels, pre, summary, {"checkpoint": str(args.checkpoint.resolve())}, ckpt
     num_classes = args.num_classes or (len(file_labels) if file_labels else None)
     if not num_classes or num_classes < 1:
         raise ExportError("--random-init needs --num-classes K (K >= 1) or --labels")
@@ -238,25 +239,25 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
     torch.manual_seed(args.seed)
     model = build_alexnet(num_classes, grouped=not args.no_grouping, init=args.init)
     pre = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return model, labels, pre, None, {"random_init": True, "init": args.init, "seed": args.seed}
+    return model, labels, pre, None, {"random_init": True, "init": args.init, "seed": args.seed}, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.quantize import QuantizeError
+    from training.quantize import QuantizeError, default_calibration_dir, export_int8
 
     args = build_parser().parse_args(argv)
     try:
-        model, labels, pre, summary, source = _model_from_args(args)
+        model, labels, pre, summary, source, ckpt = _model_from_args(args)
+        if args.quantize and args.calibration_dir is None:
+            args.calibration_dir = default_calibration_dir(ckpt)
+        del ckpt  # its weights are in `model`: hold no second copy (nor the optimizer state) through the export
         store = ModelStore(args.model_store)
         common = {"training": summary, "source": source, "opset": args.opset,
                   "images": parity_images(args.parity_images), "tolerance": args.parity_tolerance,
                   "log": lambda m: print(m, file=sys.stderr)}
         if args.quantize:
-            from training.quantize import default_calibration_dir, export_int8
-
             version = export_int8(
-                model, store, args.name, labels, pre, **common,
-                calibration_dir=args.calibration_dir or default_calibration_dir(args.checkpoint),
+                model, store, args.name, labels, pre, **common, calibration_dir=args.calibration_dir,
                 calibration_images=args.calibration_images, reduce_range=args.reduce_range,
                 method=args.calibration_method)
         else:

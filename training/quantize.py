@@ -28,8 +28,9 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -68,15 +69,18 @@ class QuantizeError(RuntimeError):
 
 
 # -- calibration images -----------------------------------------------------------------------------------
+def training_folder(directory: Path) -> Path:
+    """A dataset root's ``train/`` split, or `directory` itself when it has none."""
+    return directory / "train" if (directory / "train").is_dir() else directory
+
+
 def find_images(directory: Path, limit: int, seed: int = 0) -> list[Path]:
     """Up to `limit` images from `directory`, spread evenly over its class folders when it has them.
 
     Works on an ImageNet-layout split (``train/<class>/*``), a dataset root (its ``train/`` is used), or any
     folder of images. The choice is seeded, so the same folder always gives the same calibration set.
     """
-    directory = Path(directory)
-    if (directory / "train").is_dir():
-        directory = directory / "train"
+    directory = training_folder(Path(directory))
     if not directory.is_dir():
         raise QuantizeError(f"calibration folder {directory} does not exist")
     groups: dict[Path, list[Path]] = {}
@@ -98,17 +102,10 @@ def find_images(directory: Path, limit: int, seed: int = 0) -> list[Path]:
     return chosen[:limit]
 
 
-def default_calibration_dir(checkpoint: Path | None) -> Path | None:
-    """The training set a checkpoint was trained on (its ``--data``/train), if it is still there."""
-    if checkpoint is None:
-        return None
-    try:
-        import torch
-
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        data = (ckpt.get("args") or {}).get("data")
-    except Exception:
-        return None
+def default_calibration_dir(checkpoint: Mapping[str, Any] | None) -> Path | None:
+    """The training set a loaded checkpoint was trained on (its ``--data``/train), if it is still there."""
+    recorded = (checkpoint or {}).get("args") or {}
+    data = recorded.get("data") if isinstance(recorded, dict) else None
     if data and (Path(data) / "train").is_dir():
         return Path(data) / "train"
     return None
@@ -312,7 +309,7 @@ def publish_int8(store: ModelStore, name: str, fp32_path: Path, template: ModelM
 def calibration_set(directory: Path | None, pre: Preprocessing, limit: int = DEFAULT_CALIBRATION_IMAGES,
                     log: Callable[[str], None] = print) -> tuple[list[np.ndarray], str]:
     if directory is not None:
-        directory = directory / "train" if (directory / "train").is_dir() else directory
+        directory = training_folder(directory)  # so the log and the metadata name the folder used
         paths = find_images(directory, limit)
         log(f"calibrating on {len(paths)} images from {directory}")
         return ten_crop_batches(load_images(paths), pre), str(Path(directory).resolve())
