@@ -41,7 +41,7 @@ from training.checkpoint import (
     preprocessing_from_checkpoint,
     summary_from_checkpoint,
 )
-from training.labels import LabelsError, labels_for_classes, read_label_file
+from training.labels import LabelsError, name_classes, read_label_file
 from training.network import INIT_SCHEMES, INPUT_SIZE, AlexNet, build_alexnet
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, ten_crop_transform
 
@@ -226,7 +226,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
         if file_labels is not None:
             # Keep the checkpoint's class ids (its folder names, which evaluation matches on) and take the names
             # from the file: matched by wnid/name, or in order when the file has one entry per class.
-            labels = labels_for_classes([lab.id for lab in labels], args.labels)
+            labels = name_classes([lab.id for lab in labels], file_labels, args.labels)
         summary = summary_from_checkpoint(ckpt)
         pre = preprocessing_from_checkpoint(ckpt)
         return model, labels, pre, summary, {"checkpoint": str(args.checkpoint.resolve())}, ckpt
