@@ -212,8 +212,7 @@ def name_nodes(model: onnx.ModelProto) -> bool:
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndarray], *, input_name: str = "input",
-                  per_channel: bool = True, reduce_range: bool = False, method: str = "minmax",
-                  log: Callable[[str], None] = print) -> dict:
+                  reduce_range: bool = False, method: str = "minmax", log: Callable[[str], None] = print) -> dict:
     """fp32 ONNX → QDQ int8 ONNX; returns the settings to record in the metadata."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -238,7 +237,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
         start = time.perf_counter()
         quantize_static(
             str(prepared), str(out_path), _Reader(input_name, calibration),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                               "entropy": CalibrationMethod.Entropy}[method],
@@ -249,7 +248,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
     onnx.checker.check_model(str(out_path))
     return {
         "format": "onnxruntime QDQ (static)",
-        "weights": "int8, per channel" if per_channel else "int8, per tensor",
+        "weights": "int8, per channel",
         "activations": "uint8 (asymmetric)",
         "reduce_range": reduce_range,
         "calibration_method": method,
@@ -278,13 +277,13 @@ def compare(fp32_path: Path, int8_path: Path, batches: Sequence[np.ndarray]) -> 
 
 def publish_int8(store: ModelStore, name: str, fp32_path: Path, template: ModelMetadata, *,
                  calibration: Sequence[np.ndarray], calibration_source: str, check: Sequence[np.ndarray],
-                 origin: dict, per_channel: bool = True, reduce_range: bool = False, method: str = "minmax",
+                 origin: dict, reduce_range: bool = False, method: str = "minmax",
                  log: Callable[[str], None] = print) -> ModelVersion:
     """Quantise `fp32_path` and publish it as a new version of `name`, metadata from `template` + int8 facts."""
     with store.new_version(name) as staging:
         out = staging.path / "model.onnx"
         settings = quantize_onnx(fp32_path, out, calibration, input_name=template.onnx.input_name,
-                                 per_channel=per_channel, reduce_range=reduce_range, method=method, log=log)
+                                 reduce_range=reduce_range, method=method, log=log)
         agreement = compare(fp32_path, out, check)
         log(f"int8 vs fp32 on {agreement['images']} images (ten crops): top-1 agreement "
             f"{100 * agreement['top1_agreement']:.0f} %, largest probability difference "
@@ -320,7 +319,6 @@ def calibration_set(directory: Path | None, pre: Preprocessing, limit: int = DEF
 
 def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str | None = None,
                            calibration_dir: Path | None = None, calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-                           check_images: Sequence[Image.Image] | None = None, per_channel: bool = True,
                            reduce_range: bool = False, method: str = "minmax",
                            log: Callable[[str], None] = print) -> ModelVersion:
     """An fp32 version already in the store → a new int8 version (of the same name unless `name` is given)."""
@@ -329,11 +327,11 @@ def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str
     source.verify()
     pre = source.metadata.preprocessing
     calibration, where = calibration_set(calibration_dir, pre, calibration_images, log)
-    check = ten_crop_batches(check_images or parity_images(None), pre) + calibration[:CHECK_FROM_CALIBRATION]
+    check = ten_crop_batches(parity_images(None), pre) + calibration[:CHECK_FROM_CALIBRATION]
     origin = {"name": source.name, "version": source.version, "sha256": source.metadata.onnx.sha256}
     return publish_int8(store, name or source.name, source.onnx_path, source.metadata, calibration=calibration,
-                        calibration_source=where, check=check, origin=origin, per_channel=per_channel,
-                        reduce_range=reduce_range, method=method, log=log)
+                        calibration_source=where, check=check, origin=origin, reduce_range=reduce_range,
+                        method=method, log=log)
 
 
 def export_int8(model: AlexNet, store: ModelStore, name: str, labels: Sequence[Label], preprocessing: Preprocessing,
@@ -397,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = store.resolve(args.name, args.version)
         version = quantize_store_version(
             store, source, name=args.output_name, calibration_dir=args.calibration_dir,
-            calibration_images=args.calibration_images, per_channel=True, reduce_range=args.reduce_range,
+            calibration_images=args.calibration_images, reduce_range=args.reduce_range,
             method=args.calibration_method, log=lambda m: print(m, file=sys.stderr))
     except (QuantizeError, StoreError) as exc:
         print(f"quantize: error: {exc}", file=sys.stderr)
