@@ -103,6 +103,12 @@ def check_parity(model: AlexNet, onnx_path: Path, images: Sequence[Image.Image],
     return Parity(max_abs_diff=max_abs, max_rel_diff=max_rel, tolerance=tolerance, images=len(images))
 
 
+def check_labels(model: AlexNet, labels: Sequence[Label]) -> None:
+    """Before anything is exported or staged: a label for every output of the network."""
+    if len(labels) != model.num_classes:
+        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+
+
 @dataclass(frozen=True)
 class CheckedOnnx:
     """An exported ONNX file that passed the parity check, with the metadata facts every publisher records."""
@@ -128,10 +134,9 @@ def export_checked_onnx(
 ) -> CheckedOnnx:
     """Export `model` to `path` and check it against PyTorch; ExportError if it is not fit to publish.
 
-    Shared by the fp32 export and the INT8 one (which quantises this file), so both refuse the same models.
+    Shared by the fp32 export and the INT8 one (which quantises this file), so both refuse the same models;
+    both call `check_labels` first.
     """
-    if len(labels) != model.num_classes:
-        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
     images = list(images) if images is not None else parity_images(None)
     log(f"exporting ONNX (opset {opset}) ...")
     export_onnx(model, path, opset)
@@ -165,6 +170,7 @@ def export_to_store(
     tolerance: float = PARITY_TOLERANCE,
     log=print,
 ) -> ModelVersion:
+    check_labels(model, labels)
     with store.new_version(name) as staging:
         checked = export_checked_onnx(model, staging.path / "model.onnx", labels, preprocessing, source=source,
                                       opset=opset, images=images, tolerance=tolerance, log=log)

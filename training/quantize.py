@@ -51,6 +51,7 @@ from training.export import (
     DEFAULT_OPSET,
     IMAGE_SUFFIXES,
     PARITY_TOLERANCE,
+    check_labels,
     export_checked_onnx,
     load_images,
     parity_images,
@@ -341,6 +342,7 @@ def export_int8(model: AlexNet, store: ModelStore, name: str, labels: Sequence[L
                 reduce_range: bool = False, method: str = "minmax",
                 log: Callable[[str], None] = print) -> ModelVersion:
     """`alexnet-export --quantize int8`: a PyTorch model → parity-checked fp32 ONNX → a new int8 version."""
+    check_labels(model, labels)
     with tempfile.TemporaryDirectory(prefix="alexnet-export-") as tmp:
         fp32_path = Path(tmp) / "model.onnx"
         checked = export_checked_onnx(model, fp32_path, labels, preprocessing, source=source, opset=opset,
