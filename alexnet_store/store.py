@@ -152,6 +152,14 @@ class ModelStore:
             )
         return self.load(self.root / name / str(version))
 
+    def newest(self, name: str, precision: str) -> ModelVersion:
+        """The newest version of `name` with this precision (int8 versions sit beside fp32 ones, numbered alike)."""
+        for number in reversed(self.versions(name)):
+            version = self.resolve(name, number)
+            if version.metadata.precision == precision:
+                return version
+        raise ModelNotFoundError(f"model {name!r} has no {precision} version in {self.root}")
+
     @staticmethod
     def load(path: Path) -> ModelVersion:
         meta_path = path / METADATA_FILE

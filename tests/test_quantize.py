@@ -14,13 +14,14 @@ from PIL import Image
 
 from alexnet_store import ModelStore
 from training import quantize
+from training.export import parity_images
 
 
 @pytest.fixture(scope="module")
 def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ImageNet-layout train folder of real photographs (regions of scikit-learn's two sample photos)."""
     root = tmp_path_factory.mktemp("calib") / "train"
-    for k, photo in enumerate(quantize.sample_photographs()):
+    for k, photo in enumerate(parity_images(None)):
         w, h = photo.size
         for i, box in enumerate([(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h), (w // 4, 0, w, h)]):
             (root / f"class_{k}").mkdir(parents=True, exist_ok=True)
@@ -60,9 +61,9 @@ def test_default_calibration_set_is_the_checkpoints_training_folder(tmp_path: Pa
 
     (tmp_path / "data" / "train").mkdir(parents=True)
     torch.save({"args": {"data": str(tmp_path / "data")}}, tmp_path / "ckpt.pt")
-    assert quantize.default_calibration_dir(tmp_path / "ckpt.pt") == tmp_path / "data" / "train"
+    assert quantize.default_calibration_dir(torch.load(tmp_path / "ckpt.pt")) == tmp_path / "data" / "train"
     torch.save({"args": {"data": str(tmp_path / "gone")}}, tmp_path / "old.pt")
-    assert quantize.default_calibration_dir(tmp_path / "old.pt") is None
+    assert quantize.default_calibration_dir(torch.load(tmp_path / "old.pt")) is None
     assert quantize.default_calibration_dir(None) is None
 
 

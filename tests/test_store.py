@@ -59,6 +59,27 @@ def test_versions_are_numbered_and_never_overwritten(exported, tmp_path):
     assert store.resolve("copy", 1).path == first.path
 
 
+def test_newest_of_a_precision(exported, tmp_path):
+    _, source, _ = exported
+    store = ModelStore(tmp_path)
+
+    def publish(precision: str):
+        with store.new_version("copy") as staging:
+            (staging.path / "model.onnx").write_bytes(b"stand-in")  # newest() reads the metadata only
+            meta = source.metadata.to_dict()
+            return staging.commit(lambda v: ModelMetadata.from_dict({**meta, "name": "copy", "version": v,
+                                                                      "precision": precision}))
+
+    publish("fp32")
+    fp32 = publish("fp32")
+    int8 = publish("int8")
+    assert (fp32.version, int8.version) == (2, 3)
+    assert store.newest("copy", "fp32").path == fp32.path  # skips the newer int8 version
+    assert store.newest("copy", "int8").path == int8.path
+    with pytest.raises(StoreError, match="no int8 version"):
+        ModelStore(tmp_path / "other").newest("copy", "int8")
+
+
 def test_concurrent_publishers_get_distinct_versions(exported, tmp_path):
     _, source, _ = exported
     store = ModelStore(tmp_path)

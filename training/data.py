@@ -15,7 +15,6 @@ boundary draws exactly what the uninterrupted run would have.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -275,6 +274,3 @@ def compute_mean_std(dataset: ImageFolder, resize_size: int = 256, max_images: i
     as3 = lambda t: tuple(round(float(v), 6) for v in t)  # noqa: E731
     return as3(mean), as3(std)  # type: ignore[return-value]
 
-
-def steps_per_epoch(images_per_rank: int, batch_size: int) -> int:
-    return math.ceil(images_per_rank / batch_size)

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from training.checkpoint import (
     preprocessing_from_checkpoint,
     summary_from_checkpoint,
 )
-from training.labels import LabelsError, labels_for_classes, read_label_file
+from training.labels import LabelsError, name_classes, read_label_file
 from training.network import INIT_SCHEMES, INPUT_SIZE, AlexNet, build_alexnet
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, ten_crop_transform
 
@@ -71,10 +72,19 @@ def parity_images(directory: Path | None, limit: int = 4) -> list[Image.Image]:
         files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
         if not files:
             raise ExportError(f"no images found under {directory} for the parity check")
-        return [Image.open(p).convert("RGB") for p in files]
+        return load_images(files)
     from sklearn.datasets import load_sample_images
 
     return [Image.fromarray(img) for img in load_sample_images().images][:limit]
+
+
+def load_images(paths: Sequence[Path]) -> list[Image.Image]:
+    """Decode as RGB, closing each file (some formats keep it open until the image is dropped)."""
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(img.convert("RGB"))
+    return images
 
 
 def check_parity(model: AlexNet, onnx_path: Path, images: Sequence[Image.Image], pre: Preprocessing,
@@ -93,6 +103,59 @@ def check_parity(model: AlexNet, onnx_path: Path, images: Sequence[Image.Image],
     return Parity(max_abs_diff=max_abs, max_rel_diff=max_rel, tolerance=tolerance, images=len(images))
 
 
+def check_labels(model: AlexNet, labels: Sequence[Label]) -> None:
+    """Before anything is exported or staged: a label for every output of the network."""
+    if len(labels) != model.num_classes:
+        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+
+
+@dataclass(frozen=True)
+class CheckedOnnx:
+    """An exported ONNX file that passed the parity check, with the metadata facts every publisher records."""
+
+    onnx: OnnxInfo
+    parity: Parity
+    images: list[Image.Image]  # the photographs of the parity check
+    architecture: Architecture
+    source: dict
+
+
+def export_checked_onnx(
+    model: AlexNet,
+    path: Path,
+    labels: Sequence[Label],
+    preprocessing: Preprocessing,
+    *,
+    source: dict | None = None,
+    opset: int = DEFAULT_OPSET,
+    images: Sequence[Image.Image] | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    log=print,
+) -> CheckedOnnx:
+    """Export `model` to `path` and check it against PyTorch; ExportError if it is not fit to publish.
+
+    Shared by the fp32 export and the INT8 one (which quantises this file), so both refuse the same models;
+    both call `check_labels` first.
+    """
+    images = list(images) if images is not None else parity_images(None)
+    log(f"exporting ONNX (opset {opset}) ...")
+    export_onnx(model, path, opset)
+    parity = check_parity(model, path, images, preprocessing, tolerance)
+    log(f"parity ONNX Runtime vs PyTorch on {parity.images} images × 10 crops: "
+        f"max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g} "
+        f"(tolerance {tolerance:g})")
+    if parity.max_rel_diff > tolerance:
+        raise ExportError(
+            f"parity check failed: relative difference {parity.max_rel_diff:.3g} exceeds {tolerance:g}; "
+            "nothing was written to the model store"
+        )
+    return CheckedOnnx(
+        onnx=OnnxInfo(file=path.name, sha256=sha256_of(path), opset=opset, bytes=path.stat().st_size),
+        parity=parity, images=images, architecture=Architecture(**model.describe()),
+        source={**(source or {}), "torch": torch.__version__},
+    )
+
+
 def export_to_store(
     model: AlexNet,
     store: ModelStore,
@@ -107,30 +170,15 @@ def export_to_store(
     tolerance: float = PARITY_TOLERANCE,
     log=print,
 ) -> ModelVersion:
-    if len(labels) != model.num_classes:
-        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
-    images = list(images) if images is not None else parity_images(None)
+    check_labels(model, labels)
     with store.new_version(name) as staging:
-        onnx_path = staging.path / "model.onnx"
-        log(f"exporting ONNX (opset {opset}) ...")
-        export_onnx(model, onnx_path, opset)
-        parity = check_parity(model, onnx_path, images, preprocessing, tolerance)
-        log(f"parity ONNX Runtime vs PyTorch on {parity.images} images × 10 crops: "
-            f"max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g} "
-            f"(tolerance {tolerance:g})")
-        if parity.max_rel_diff > tolerance:
-            raise ExportError(
-                f"parity check failed: relative difference {parity.max_rel_diff:.3g} exceeds {tolerance:g}; "
-                "nothing was written to the model store"
-            )
-        onnx_info = OnnxInfo(file=onnx_path.name, sha256=sha256_of(onnx_path), opset=opset,
-                             bytes=onnx_path.stat().st_size)
+        checked = export_checked_onnx(model, staging.path / "model.onnx", labels, preprocessing, source=source,
+                                      opset=opset, images=images, tolerance=tolerance, log=log)
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         return staging.commit(lambda version: ModelMetadata(
-            name=name, version=version, created_at=created,
-            architecture=Architecture(**model.describe()),
-            labels=tuple(labels), preprocessing=preprocessing, onnx=onnx_info, parity=parity,
-            training=training, source={**(source or {}), "torch": torch.__version__},
+            name=name, version=version, created_at=created, architecture=checked.architecture,
+            labels=tuple(labels), preprocessing=preprocessing, onnx=checked.onnx, parity=checked.parity,
+            training=training, source=checked.source,
         ))
 
 
@@ -174,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Preprocessing,
-                                                         TrainingSummary | None, dict]:
+                                                         TrainingSummary | None, dict, dict | None]:
+    """The model to export, its labels, preprocessing, training summary, source record and checkpoint (if any)."""
     file_labels = read_label_file(args.labels) if args.labels else None
     if args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint)
@@ -183,10 +232,10 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
         if file_labels is not None:
             # Keep the checkpoint's class ids (its folder names, which evaluation matches on) and take the names
             # from the file: matched by wnid/name, or in order when the file has one entry per class.
-            labels = labels_for_classes([lab.id for lab in labels], args.labels)
+            labels = name_classes([lab.id for lab in labels], file_labels, args.labels)
         summary = summary_from_checkpoint(ckpt)
         pre = preprocessing_from_checkpoint(ckpt)
-        return model, labels, pre, summary, {"checkpoint": str(args.checkpoint.resolve())}
+        return model, labels, pre, summary, {"checkpoint": str(args.checkpoint.resolve())}, ckpt
     num_classes = args.num_classes or (len(file_labels) if file_labels else None)
     if not num_classes or num_classes < 1:
         raise ExportError("--random-init needs --num-classes K (K >= 1) or --labels")
@@ -196,29 +245,29 @@ def _model_from_args(args: argparse.Namespace) -> tuple[AlexNet, list[Label], Pr
     torch.manual_seed(args.seed)
     model = build_alexnet(num_classes, grouped=not args.no_grouping, init=args.init)
     pre = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return model, labels, pre, None, {"random_init": True, "init": args.init, "seed": args.seed}
+    return model, labels, pre, None, {"random_init": True, "init": args.init, "seed": args.seed}, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.quantize import QuantizeError
+    from training.quantize import QuantizeError, default_calibration_dir, export_int8
 
     args = build_parser().parse_args(argv)
     try:
-        model, labels, pre, summary, source = _model_from_args(args)
-        images = parity_images(args.parity_images)
+        model, labels, pre, summary, source, ckpt = _model_from_args(args)
+        if args.quantize and args.calibration_dir is None:
+            args.calibration_dir = default_calibration_dir(ckpt)
+        del ckpt  # its weights are in `model`: hold no second copy (nor the optimizer state) through the export
+        store = ModelStore(args.model_store)
+        common = {"training": summary, "source": source, "opset": args.opset,
+                  "images": parity_images(args.parity_images), "tolerance": args.parity_tolerance,
+                  "log": lambda m: print(m, file=sys.stderr)}
         if args.quantize:
-            from training.quantize import default_calibration_dir, export_int8
-
             version = export_int8(
-                model, ModelStore(args.model_store), args.name, labels, pre, training=summary, source=source,
-                opset=args.opset, images=images, tolerance=args.parity_tolerance,
-                calibration_dir=args.calibration_dir or default_calibration_dir(args.checkpoint),
+                model, store, args.name, labels, pre, **common, calibration_dir=args.calibration_dir,
                 calibration_images=args.calibration_images, reduce_range=args.reduce_range,
-                method=args.calibration_method, log=lambda m: print(m, file=sys.stderr))
+                method=args.calibration_method)
         else:
-            version = export_to_store(model, ModelStore(args.model_store), args.name, labels, pre, training=summary,
-                                      source=source, opset=args.opset, images=images, tolerance=args.parity_tolerance,
-                                      log=lambda m: print(m, file=sys.stderr))
+            version = export_to_store(model, store, args.name, labels, pre, **common)
     except (ExportError, CheckpointError, LabelsError, StoreError, QuantizeError) as exc:
         print(f"alexnet-export: error: {exc}", file=sys.stderr)
         return 2

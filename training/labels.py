@@ -43,14 +43,18 @@ def read_label_file(path: str | Path) -> list[Label]:
 
 
 def labels_for_classes(classes: list[str], label_file: str | Path | None) -> list[Label]:
-    """Labels for training folders `classes` (in class-index order), named from `label_file` if given.
+    """Labels for training folders `classes` (in class-index order), named from `label_file` if given."""
+    if label_file is None:
+        return [Label(id=c, name=c) for c in classes]
+    return name_classes(classes, read_label_file(label_file), label_file)
+
+
+def name_classes(classes: list[str], known: list[Label], label_file: str | Path) -> list[Label]:
+    """Labels for `classes` named from `known`, the labels already read from `label_file` (named in errors).
 
     Folder names are looked up by id (wnid) and by name; a file that matches no folder but has one entry
     per class is taken positionally. A partial match is an error: silently mislabelled classes are worse.
     """
-    if label_file is None:
-        return [Label(id=c, name=c) for c in classes]
-    known = read_label_file(label_file)
     by_key = {lab.id: lab for lab in known} | {lab.name: lab for lab in known}
     missing = [c for c in classes if c not in by_key]
     if not missing:

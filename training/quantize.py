@@ -28,17 +28,36 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from PIL import Image
 
-from alexnet_store import ModelMetadata, ModelStore, ModelVersion, OnnxInfo, Preprocessing, StoreError
+from alexnet_store import (
+    Label,
+    ModelMetadata,
+    ModelStore,
+    ModelVersion,
+    OnnxInfo,
+    Preprocessing,
+    StoreError,
+    TrainingSummary,
+)
 from alexnet_store.store import sha256_of
+from training.export import (
+    DEFAULT_OPSET,
+    IMAGE_SUFFIXES,
+    PARITY_TOLERANCE,
+    check_labels,
+    export_checked_onnx,
+    load_images,
+    parity_images,
+)
+from training.network import AlexNet
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 DEFAULT_CALIBRATION_IMAGES = 64
 CHECK_FROM_CALIBRATION = 16  # calibration images that also go into the int8-vs-fp32 check, beside the photos
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -51,15 +70,18 @@ class QuantizeError(RuntimeError):
 
 
 # -- calibration images -----------------------------------------------------------------------------------
+def training_folder(directory: Path) -> Path:
+    """A dataset root's ``train/`` split, or `directory` itself when it has none."""
+    return directory / "train" if (directory / "train").is_dir() else directory
+
+
 def find_images(directory: Path, limit: int, seed: int = 0) -> list[Path]:
     """Up to `limit` images from `directory`, spread evenly over its class folders when it has them.
 
     Works on an ImageNet-layout split (``train/<class>/*``), a dataset root (its ``train/`` is used), or any
     folder of images. The choice is seeded, so the same folder always gives the same calibration set.
     """
-    directory = Path(directory)
-    if (directory / "train").is_dir():
-        directory = directory / "train"
+    directory = training_folder(Path(directory))
     if not directory.is_dir():
         raise QuantizeError(f"calibration folder {directory} does not exist")
     groups: dict[Path, list[Path]] = {}
@@ -81,35 +103,13 @@ def find_images(directory: Path, limit: int, seed: int = 0) -> list[Path]:
     return chosen[:limit]
 
 
-def default_calibration_dir(checkpoint: Path | None) -> Path | None:
-    """The training set a checkpoint was trained on (its ``--data``/train), if it is still there."""
-    if checkpoint is None:
-        return None
-    try:
-        import torch
-
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        data = (ckpt.get("args") or {}).get("data")
-    except Exception:
-        return None
+def default_calibration_dir(checkpoint: Mapping[str, Any] | None) -> Path | None:
+    """The training set a loaded checkpoint was trained on (its ``--data``/train), if it is still there."""
+    recorded = (checkpoint or {}).get("args") or {}
+    data = recorded.get("data") if isinstance(recorded, dict) else None
     if data and (Path(data) / "train").is_dir():
         return Path(data) / "train"
     return None
-
-
-def sample_photographs() -> list[Image.Image]:
-    """The two photographs inside scikit-learn's wheel: the fallback when no calibration folder is known."""
-    from sklearn.datasets import load_sample_images
-
-    return [Image.fromarray(img) for img in load_sample_images().images]
-
-
-def load_images(paths: Sequence[Path]) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
-    return images
 
 
 def ten_crop_batches(images: Sequence[Image.Image], pre: Preprocessing) -> list[np.ndarray]:
@@ -213,8 +213,7 @@ def name_nodes(model: onnx.ModelProto) -> bool:
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndarray], *, input_name: str = "input",
-                  per_channel: bool = True, reduce_range: bool = False, method: str = "minmax",
-                  log: Callable[[str], None] = print) -> dict:
+                  reduce_range: bool = False, method: str = "minmax", log: Callable[[str], None] = print) -> dict:
     """fp32 ONNX → QDQ int8 ONNX; returns the settings to record in the metadata."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -239,7 +238,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
         start = time.perf_counter()
         quantize_static(
             str(prepared), str(out_path), _Reader(input_name, calibration),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                               "entropy": CalibrationMethod.Entropy}[method],
@@ -250,7 +249,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
     onnx.checker.check_model(str(out_path))
     return {
         "format": "onnxruntime QDQ (static)",
-        "weights": "int8, per channel" if per_channel else "int8, per tensor",
+        "weights": "int8, per channel",
         "activations": "uint8 (asymmetric)",
         "reduce_range": reduce_range,
         "calibration_method": method,
@@ -279,13 +278,13 @@ def compare(fp32_path: Path, int8_path: Path, batches: Sequence[np.ndarray]) -> 
 
 def publish_int8(store: ModelStore, name: str, fp32_path: Path, template: ModelMetadata, *,
                  calibration: Sequence[np.ndarray], calibration_source: str, check: Sequence[np.ndarray],
-                 origin: dict, per_channel: bool = True, reduce_range: bool = False, method: str = "minmax",
+                 origin: dict, reduce_range: bool = False, method: str = "minmax",
                  log: Callable[[str], None] = print) -> ModelVersion:
     """Quantise `fp32_path` and publish it as a new version of `name`, metadata from `template` + int8 facts."""
     with store.new_version(name) as staging:
         out = staging.path / "model.onnx"
         settings = quantize_onnx(fp32_path, out, calibration, input_name=template.onnx.input_name,
-                                 per_channel=per_channel, reduce_range=reduce_range, method=method, log=log)
+                                 reduce_range=reduce_range, method=method, log=log)
         agreement = compare(fp32_path, out, check)
         log(f"int8 vs fp32 on {agreement['images']} images (ten crops): top-1 agreement "
             f"{100 * agreement['top1_agreement']:.0f} %, largest probability difference "
@@ -310,18 +309,17 @@ def publish_int8(store: ModelStore, name: str, fp32_path: Path, template: ModelM
 def calibration_set(directory: Path | None, pre: Preprocessing, limit: int = DEFAULT_CALIBRATION_IMAGES,
                     log: Callable[[str], None] = print) -> tuple[list[np.ndarray], str]:
     if directory is not None:
-        directory = directory / "train" if (directory / "train").is_dir() else directory
+        directory = training_folder(directory)  # so the log and the metadata name the folder used
         paths = find_images(directory, limit)
         log(f"calibrating on {len(paths)} images from {directory}")
         return ten_crop_batches(load_images(paths), pre), str(Path(directory).resolve())
     log("warning: no calibration folder given or known; calibrating on the two photographs shipped with "
         "scikit-learn (pass --calibration-dir with training images for a better int8 model)")
-    return ten_crop_batches(sample_photographs(), pre), "scikit-learn sample photographs"
+    return ten_crop_batches(parity_images(None), pre), "scikit-learn sample photographs"
 
 
 def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str | None = None,
                            calibration_dir: Path | None = None, calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-                           check_images: Sequence[Image.Image] | None = None, per_channel: bool = True,
                            reduce_range: bool = False, method: str = "minmax",
                            log: Callable[[str], None] = print) -> ModelVersion:
     """An fp32 version already in the store → a new int8 version (of the same name unless `name` is given)."""
@@ -330,49 +328,35 @@ def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str
     source.verify()
     pre = source.metadata.preprocessing
     calibration, where = calibration_set(calibration_dir, pre, calibration_images, log)
-    check = ten_crop_batches(check_images or sample_photographs(), pre) + calibration[:CHECK_FROM_CALIBRATION]
+    check = ten_crop_batches(parity_images(None), pre) + calibration[:CHECK_FROM_CALIBRATION]
     origin = {"name": source.name, "version": source.version, "sha256": source.metadata.onnx.sha256}
     return publish_int8(store, name or source.name, source.onnx_path, source.metadata, calibration=calibration,
-                        calibration_source=where, check=check, origin=origin, per_channel=per_channel,
-                        reduce_range=reduce_range, method=method, log=log)
+                        calibration_source=where, check=check, origin=origin, reduce_range=reduce_range,
+                        method=method, log=log)
 
 
-def export_int8(model, store: ModelStore, name: str, labels, preprocessing: Preprocessing, *, training=None,
-                source: dict | None = None, opset: int | None = None, images: Sequence[Image.Image] | None = None,
-                tolerance: float | None = None, calibration_dir: Path | None = None,
-                calibration_images: int = DEFAULT_CALIBRATION_IMAGES, reduce_range: bool = False,
-                method: str = "minmax", log: Callable[[str], None] = print) -> ModelVersion:
+def export_int8(model: AlexNet, store: ModelStore, name: str, labels: Sequence[Label], preprocessing: Preprocessing,
+                *, training: TrainingSummary | None = None, source: dict | None = None, opset: int = DEFAULT_OPSET,
+                images: Sequence[Image.Image] | None = None, tolerance: float = PARITY_TOLERANCE,
+                calibration_dir: Path | None = None, calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+                reduce_range: bool = False, method: str = "minmax",
+                log: Callable[[str], None] = print) -> ModelVersion:
     """`alexnet-export --quantize int8`: a PyTorch model → parity-checked fp32 ONNX → a new int8 version."""
-    import torch
-
-    from alexnet_store.metadata import Architecture
-    from training.export import DEFAULT_OPSET, PARITY_TOLERANCE, ExportError, check_parity, export_onnx, parity_images
-
-    opset = opset or DEFAULT_OPSET
-    tolerance = PARITY_TOLERANCE if tolerance is None else tolerance
-    images = list(images) if images is not None else parity_images(None)
-    if len(labels) != model.num_classes:
-        raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+    check_labels(model, labels)
     with tempfile.TemporaryDirectory(prefix="alexnet-export-") as tmp:
         fp32_path = Path(tmp) / "model.onnx"
-        log(f"exporting the fp32 ONNX (opset {opset}) to quantise ...")
-        export_onnx(model, fp32_path, opset)
-        parity = check_parity(model, fp32_path, images, preprocessing, tolerance)
-        log(f"fp32 parity ONNX Runtime vs PyTorch: max rel diff {parity.max_rel_diff:.3g} (tolerance {tolerance:g})")
-        if parity.max_rel_diff > tolerance:
-            raise ExportError(f"parity check failed: relative difference {parity.max_rel_diff:.3g} exceeds "
-                              f"{tolerance:g}; nothing was written to the model store")
+        checked = export_checked_onnx(model, fp32_path, labels, preprocessing, source=source, opset=opset,
+                                      images=images, tolerance=tolerance, log=log)
         calibration, where = calibration_set(calibration_dir, preprocessing, calibration_images, log)
         template = ModelMetadata(
-            name=name, version=1, created_at="", architecture=Architecture(**model.describe()), labels=tuple(labels),
-            preprocessing=preprocessing, onnx=OnnxInfo(file="model.onnx", sha256="", opset=opset), training=training,
-            source={**(source or {}), "torch": torch.__version__})
-        origin = {"fp32_parity": {"max_rel_diff": parity.max_rel_diff, "tolerance": tolerance, "images": len(images)},
-                  "fp32_sha256": sha256_of(fp32_path)}
+            name=name, version=1, created_at="", architecture=checked.architecture, labels=tuple(labels),
+            preprocessing=preprocessing, onnx=checked.onnx, training=training, source=checked.source)
+        origin = {"fp32_parity": {"max_rel_diff": checked.parity.max_rel_diff, "tolerance": tolerance,
+                                  "images": len(checked.images)},
+                  "fp32_sha256": checked.onnx.sha256}
+        check = ten_crop_batches(checked.images, preprocessing) + calibration[:CHECK_FROM_CALIBRATION]
         return publish_int8(store, name, fp32_path, template, calibration=calibration, calibration_source=where,
-                            check=ten_crop_batches(images, preprocessing) + calibration[:CHECK_FROM_CALIBRATION],
-                            origin=origin, reduce_range=reduce_range,
-                            method=method, log=log)
+                            check=check, origin=origin, reduce_range=reduce_range, method=method, log=log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,16 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = ModelStore(args.model_store)
         if args.version is None:
-            name = args.name or store.resolve().name
-            fp32 = [v for v in store.versions(name) if store.resolve(name, v).metadata.precision == "fp32"]
-            if not fp32:
-                raise QuantizeError(f"model {name!r} has no fp32 version to quantise")
-            source = store.resolve(name, fp32[-1])
+            source = store.newest(args.name or store.resolve().name, "fp32")
         else:
             source = store.resolve(args.name, args.version)
         version = quantize_store_version(
             store, source, name=args.output_name, calibration_dir=args.calibration_dir,
-            calibration_images=args.calibration_images, per_channel=True, reduce_range=args.reduce_range,
+            calibration_images=args.calibration_images, reduce_range=args.reduce_range,
             method=args.calibration_method, log=lambda m: print(m, file=sys.stderr))
     except (QuantizeError, StoreError) as exc:
         print(f"quantize: error: {exc}", file=sys.stderr)

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from alexnet_store import Preprocessing, TrainingSummary
-from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint, preprocessing_from_checkpoint, save_checkpoint
 from training.data import DataConfig, DatasetError, Folders, build_loaders, compute_mean_std, derive_seed, open_folders
 from training.labels import LabelsError, labels_for_classes
 from training.network import INIT_SCHEMES, INPUT_SIZE, AlexNet, build_alexnet
@@ -365,12 +365,11 @@ def _model_state(model: AlexNet) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items()}
 
 
-def _summary(dataset: str, epochs: int, train_images: int, val_images: int, row: dict[str, Any] | None,
+def _summary(dataset: str, epochs: int, train_images: int, val_images: int, row: dict[str, Any],
              best_epoch: int | None) -> dict[str, Any]:
     return dataclasses.asdict(TrainingSummary(
         dataset=dataset, epochs=epochs, train_images=train_images, val_images=val_images,
-        val_top1=None if row is None else row["val_top1"], val_top5=None if row is None else row["val_top5"],
-        best_epoch=best_epoch,
+        val_top1=row["val_top1"], val_top5=row["val_top5"], best_epoch=best_epoch,
     ))
 
 
@@ -388,12 +387,10 @@ def _link_or_copy(src: Path, dst: Path, state: dict[str, Any]) -> None:
 
 @dataclass
 class TrainResult:
-    output: Path
+    """What a caller of `run` uses: the last checkpoint and the per-epoch metrics."""
+
     last: Path
-    best: Path
     history: list[dict[str, Any]]
-    classes: list[str]
-    summary: dict[str, Any]
 
 
 def _namespace_record(args: argparse.Namespace) -> dict[str, Any]:
@@ -464,7 +461,8 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
     if resume_ckpt is not None:
         if resume_ckpt.get("classes") != classes:
             raise CheckpointError(f"{args.resume} was trained on other classes than {args.data} has")
-        mean, std = tuple(resume_ckpt["preprocessing"]["mean"]), tuple(resume_ckpt["preprocessing"]["std"])
+        resumed = preprocessing_from_checkpoint(resume_ckpt)
+        mean, std = resumed.mean, resumed.std
     elif args.mean_std == "compute":
         stats: list[Any] = [None]
         if rt.main:
@@ -568,9 +566,7 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
             raise TrainError(f"the training loss is {row['train_loss']} at epoch {epoch + 1}: lower --lr")
     if rt.distributed:
         dist.barrier()
-    final = history[-1] if history else None
-    summary = _summary(dataset_name, len(history), *sizes, final, best["epoch"])
-    return TrainResult(output, last_path, best_path, history, classes, summary)
+    return TrainResult(last_path, history)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
