@@ -245,13 +245,14 @@ class Ceiling:
 
     def __init__(self, version: ModelVersion, settings: Settings) -> None:
         from bench.ceiling import patches, sample_jpegs, serving_case
+        from service.model import RuntimeOptions
 
         self.runs_at_once = settings.inference_concurrency
         self.patches = patches(version, settings.max_batch_patches, sample_jpegs(8, SHARED_SAMPLES))
-        spinning = {"session.intra_op.allow_spinning": "1" if settings.intra_op_spinning else "0"}
-        self.case = serving_case(version.metadata.precision, version, self.patches, elide=settings.cpu_reorder_elision,
-                                 threads=settings.effective_intra_op_threads(), sessions=self.runs_at_once,
-                                 config=spinning)
+        runtime = RuntimeOptions.from_settings(settings)
+        self.case = serving_case(version.metadata.precision, version, self.patches, elide=runtime.reorder_elision,
+                                 threads=runtime.intra_op_threads, sessions=self.runs_at_once,
+                                 config=runtime.session_config())
         self.input_name = next(iter(self.case.feeds))
 
     def measure(self, batch: int, seconds: float) -> dict[str, float]:
