@@ -116,7 +116,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
         if args.model_store:
             store = ModelStore(args.model_store)
-            fp32 = store.resolve(args.name, args.version)
+            fp32 = store.resolve(args.name, args.version)  # no --name: the only model, else an error
+            result["args"]["name"] = fp32.name  # the JSON records the model measured, named or not
             int8 = store.resolve(fp32.name, args.int8_version) if args.int8_version else None
             plain = None
             torch_model = None
@@ -239,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.model_store and not args.name:
-        names = ModelStore(args.model_store).names()
-        args.name = names[0] if len(names) == 1 else None
+
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
