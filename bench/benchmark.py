@@ -45,12 +45,13 @@ import numpy as np
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
 from bench import report
+from bench.ceiling import CROPS_PER_IMAGE as TEN_CROPS
+from bench.ceiling import SHARED_SAMPLES, patches, sample_jpegs, serving_case
 from bench.loadgen import percentile
 from service.settings import Settings
 
 PROG = "alexnet-bench"
-SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
-CROPS_PER_IMAGE = {"ten": 10, "center": 1}
+CROPS_PER_IMAGE = {"ten": TEN_CROPS, "center": 1}
 TARGET_CONCURRENCY = 16
 
 
@@ -244,11 +245,10 @@ class Ceiling:
     Fed already-preprocessed patches of real photographs at a given batch."""
 
     def __init__(self, version: ModelVersion, settings: Settings) -> None:
-        from bench.ceiling import patches, sample_jpegs, serving_case
         from service.model import RuntimeOptions
 
         self.runs_at_once = settings.inference_concurrency
-        self.patches = patches(version, settings.max_batch_patches, sample_jpegs(8, SHARED_SAMPLES))
+        self.patches = patches(version, settings.max_batch_patches, sample_jpegs())
         runtime = RuntimeOptions.from_settings(settings)
         self.case = serving_case(version.metadata.precision, version, self.patches, elide=runtime.reorder_elision,
                                  threads=runtime.intra_op_threads, sessions=self.runs_at_once,

@@ -29,11 +29,19 @@ from typing import Any
 
 from alexnet_store import ModelStore, ModelVersion
 from bench import report
-from bench.ceiling import CROPS_PER_IMAGE, Case, network_case, patches, sample_jpegs, serving_case, summarise
+from bench.ceiling import (
+    CROPS_PER_IMAGE,
+    SHARED_SAMPLES,
+    Case,
+    network_case,
+    patches,
+    sample_jpegs,
+    serving_case,
+    summarise,
+)
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof, numpy_blas
 
 FP32_REF = "fp32, banded LRN, reorders elided"
-SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
 
 
 def build_models(workdir: Path, num_classes: int = 1000, seed: int = 0, int8: bool = True,
@@ -111,7 +119,7 @@ def fp32_reference(case: Case, cases: Sequence[Case]) -> Case:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
-    jpegs = sample_jpegs(8, SHARED_SAMPLES)
+    jpegs = sample_jpegs()
     result: dict[str, Any] = {"environment": report.environment(), "args": vars(args) | {"json": str(args.json)}}
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
         if args.model_store:
