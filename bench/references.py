@@ -128,19 +128,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             result["args"]["name"] = fp32.name  # the JSON records the model measured, named or not
             int8 = store.resolve(fp32.name, args.int8_version) if args.int8_version else None
             plain = None
-            torch_model = None
         else:
             built = build_models(Path(tmp), args.classes, int8=not args.no_int8, log=log)
             fp32, int8, plain = built["fp32"], built["int8"], built["plain_onnx"]
-            torch_model = "random"
         result["models"] = {"fp32": str(fp32.path), "int8": str(int8.path) if int8 else None,
                             "plain_onnx": bool(plain)}
 
         log("measuring the roof and the ceiling (interleaved) ...")
         roof = MatmulRoof(intra_op_threads=args.threads)
         result["ceiling"] = []
+        per_core = args.per_core if args.per_core is not None else (os.cpu_count() or 1)
         for batch in args.batch:
-            per_core = args.per_core if args.per_core is not None else (os.cpu_count() or 1)
             cases = ceiling_cases(fp32, int8, plain, batch, jpegs, args.threads, not args.no_serving, per_core)
             timed: dict[str, Callable[[], Any]] = {"roof ort": roof.ort, "roof numpy": roof.numpy}
             timed.update({c.label: c.run for c in cases})
@@ -166,7 +164,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 "cases": rows,
             })
 
-        if torch_model and not args.no_baseline:
+        # The naive baseline is a random-init PyTorch network of --classes: comparable to the random-init export only.
+        if not args.model_store and not args.no_baseline:
             log("measuring the naive baseline's own time per image ...")
             result["naive_baseline"] = measure_baseline(jpegs, args.classes, max(3, args.rounds // 2))
         if not args.no_preprocess:
