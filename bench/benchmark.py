@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import math
 import os
 import re
@@ -575,9 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, RuntimeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    buf = io.StringIO()
-    print_report(result, lambda line: print(line, file=buf))
-    print(buf.getvalue(), end="")
+    print_report(result)
     path = report.write_json(result, args.json, "benchmark")
     print(f"\nJSON: {path}")
     if args.plot:
