@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_store import ModelStore, ModelVersion, Preprocessing, StoreError
+from alexnet_store import ModelStore, ModelVersion, StoreError
 from bench import report
 from bench.ceiling import CROPS_PER_IMAGE as TEN_CROPS
 from bench.ceiling import SHARED_SAMPLES, patches, sample_jpegs, serving_case
@@ -243,13 +243,11 @@ class Ceiling:
     intra-op threads, spinning and reorder elision, and as many sessions at once as the service runs batches.
     Fed already-preprocessed patches of real photographs at a given batch."""
 
-    def __init__(self, version: ModelVersion, settings: Settings, uint8_patches: np.ndarray) -> None:
-        """`uint8_patches`: bench.ceiling.patches for this version's preprocessing, at least the largest batch
-        measured; built by the caller, which shares them between versions preprocessed alike."""
+    def __init__(self, version: ModelVersion, settings: Settings) -> None:
         from service.model import RuntimeOptions
 
         self.runs_at_once = settings.inference_concurrency
-        self.patches = uint8_patches
+        self.patches = patches(version, settings.max_batch_patches, sample_jpegs())
         runtime = RuntimeOptions.from_settings(settings)
         self.case = serving_case(version.metadata.precision, version, self.patches, elide=runtime.reorder_elision,
                                  threads=runtime.intra_op_threads, sessions=self.runs_at_once,
@@ -537,16 +535,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         if args.batching_off_too:
             services.append(("fp32 unbatched", models.fp32, {**service_env, "ALEXNET_BATCHING": "false"}))
         targets = []
-        ceiling_patches: dict[Preprocessing, np.ndarray] = {}  # fp32 and int8 share theirs: decode the photos once
         for label, version, env in services:
             log(f"{label}: starting alexnet-serve on {version.path} ...")
             url = servers.enter_context(service_server(version, workdir, env, label))
             ceiling = None
             if not args.no_ceiling and label != "fp32 unbatched":
-                pre = version.metadata.preprocessing
-                if pre not in ceiling_patches:
-                    ceiling_patches[pre] = patches(version, settings.max_batch_patches, sample_jpegs())
-                ceiling = Ceiling(version, settings, ceiling_patches[pre])
+                ceiling = Ceiling(version, settings)
             targets.append(Target(label, url, ceiling))
         if not args.no_baseline:
             log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
