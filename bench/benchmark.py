@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import math
 import os
 import re
@@ -45,12 +44,13 @@ import numpy as np
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
 from bench import report
+from bench.ceiling import CROPS_PER_IMAGE as TEN_CROPS
+from bench.ceiling import SHARED_SAMPLES, patches, sample_jpegs, serving_case
 from bench.loadgen import percentile
 from service.settings import Settings
 
 PROG = "alexnet-bench"
-SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
-CROPS_PER_IMAGE = {"ten": 10, "center": 1}
+CROPS_PER_IMAGE = {"ten": TEN_CROPS, "center": 1}
 TARGET_CONCURRENCY = 16
 
 
@@ -244,14 +244,14 @@ class Ceiling:
     Fed already-preprocessed patches of real photographs at a given batch."""
 
     def __init__(self, version: ModelVersion, settings: Settings) -> None:
-        from bench.ceiling import patches, sample_jpegs, serving_case
+        from service.model import RuntimeOptions
 
         self.runs_at_once = settings.inference_concurrency
-        self.patches = patches(version, settings.max_batch_patches, sample_jpegs(8, SHARED_SAMPLES))
-        spinning = {"session.intra_op.allow_spinning": "1" if settings.intra_op_spinning else "0"}
-        self.case = serving_case(version.metadata.precision, version, self.patches, elide=settings.cpu_reorder_elision,
-                                 threads=settings.effective_intra_op_threads(), sessions=self.runs_at_once,
-                                 config=spinning)
+        self.patches = patches(version, settings.max_batch_patches, sample_jpegs())
+        runtime = RuntimeOptions.from_settings(settings)
+        self.case = serving_case(version.metadata.precision, version, self.patches, elide=runtime.reorder_elision,
+                                 threads=runtime.intra_op_threads, sessions=self.runs_at_once,
+                                 config=runtime.session_config())
         self.input_name = next(iter(self.case.feeds))
 
     def measure(self, batch: int, seconds: float) -> dict[str, float]:
@@ -568,9 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, RuntimeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    buf = io.StringIO()
-    print_report(result, lambda line: print(line, file=buf))
-    print(buf.getvalue(), end="")
+    print_report(result)
     path = report.write_json(result, args.json, "benchmark")
     print(f"\nJSON: {path}")
     if args.plot:

@@ -26,7 +26,9 @@ from alexnet_store import ModelVersion
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE
 from service.session import ElisionReport, cpu_session
 
-CROPS_PER_IMAGE = 10
+CROPS_PER_IMAGE = 10  # the paper's ten-crop evaluation
+# Real photographs beside the checkout (../shared/data), used by every benchmark that feeds the model images.
+SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
 
 
 @dataclass
@@ -62,8 +64,9 @@ class Case:
                 "reorders_removed": self.elision.removed_reorders, "elision_fallback": self.elision.fallback}
 
 
-def sample_jpegs(count: int = 8, shared: Path | None = None) -> list[bytes]:
-    """Real photographs as JPEG bytes: ../shared/data/imagenet-samples when present, else scikit-learn's two."""
+def sample_jpegs(count: int = 8, shared: Path | None = SHARED_SAMPLES) -> list[bytes]:
+    """Real photographs as JPEG bytes: the first `count` of `shared` (../shared/data/imagenet-samples) when
+    present, else scikit-learn's two."""
     if shared is not None and shared.is_dir():
         files = sorted(p for p in shared.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[:count]
         if files:

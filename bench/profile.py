@@ -27,9 +27,8 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import report
+from bench.ceiling import CROPS_PER_IMAGE, normalised, patches, sample_jpegs
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof
-
-CROPS = 10
 
 
 def profile_session(session_factory, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
@@ -83,8 +82,7 @@ def matmul_roof_min(runs: int, n: int = 4096, slices: int = 4, threads: int = 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.ceiling import normalised, patches, sample_jpegs
-    from bench.references import SHARED_SAMPLES, build_models
+    from bench.references import build_models
     from service.session import cpu_session
 
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
@@ -99,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="alexnet-prof-models-") as tmp:
         built = build_models(Path(tmp), args.classes, log=log)
         fp32, int8 = built["fp32"], built["int8"]
-        x = normalised(fp32, patches(fp32, args.batch, sample_jpegs(8, SHARED_SAMPLES)))
+        x = normalised(fp32, patches(fp32, args.batch, sample_jpegs()))
         variants = [("fp32, LRN as PyTorch exports it (before)", built["plain_onnx"], False),
                     ("fp32, banded LRN", fp32.onnx_path, False),
                     ("fp32, banded LRN, reorders elided", fp32.onnx_path, True),
@@ -114,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 path, intra_op_threads=args.threads, elide=elide, profile_prefix=prefix)[0], {"input": x}, args.runs)
             s = summarise_nodes(nodes)
             s["label"] = label
-            s["images_per_s_min_estimate"] = args.batch / CROPS / (s["ms_min_sum"] / 1000)
+            s["images_per_s_min_estimate"] = args.batch / CROPS_PER_IMAGE / (s["ms_min_sum"] / 1000)
             s["x_roof_min_estimate"] = s["images_per_s_min_estimate"] / roof_images
             result["variants"].append(s)
     result["environment"]["load_average_end"] = report.load()

@@ -29,11 +29,19 @@ from typing import Any
 
 from alexnet_store import ModelStore, ModelVersion
 from bench import report
-from bench.ceiling import CROPS_PER_IMAGE, Case, network_case, patches, sample_jpegs, serving_case, summarise
+from bench.ceiling import (
+    CROPS_PER_IMAGE,
+    SHARED_SAMPLES,
+    Case,
+    network_case,
+    patches,
+    sample_jpegs,
+    serving_case,
+    summarise,
+)
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof, numpy_blas
 
 FP32_REF = "fp32, banded LRN, reorders elided"
-SHARED_SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
 
 
 def build_models(workdir: Path, num_classes: int = 1000, seed: int = 0, int8: bool = True,
@@ -111,27 +119,26 @@ def fp32_reference(case: Case, cases: Sequence[Case]) -> Case:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
-    jpegs = sample_jpegs(8, SHARED_SAMPLES)
+    jpegs = sample_jpegs()
     result: dict[str, Any] = {"environment": report.environment(), "args": vars(args) | {"json": str(args.json)}}
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
         if args.model_store:
             store = ModelStore(args.model_store)
-            fp32 = store.resolve(args.name, args.version)
+            fp32 = store.resolve(args.name, args.version)  # no --name: the only model, else an error
+            result["args"]["name"] = fp32.name  # the JSON records the model measured, named or not
             int8 = store.resolve(fp32.name, args.int8_version) if args.int8_version else None
             plain = None
-            torch_model = None
         else:
             built = build_models(Path(tmp), args.classes, int8=not args.no_int8, log=log)
             fp32, int8, plain = built["fp32"], built["int8"], built["plain_onnx"]
-            torch_model = "random"
         result["models"] = {"fp32": str(fp32.path), "int8": str(int8.path) if int8 else None,
                             "plain_onnx": bool(plain)}
 
         log("measuring the roof and the ceiling (interleaved) ...")
         roof = MatmulRoof(intra_op_threads=args.threads)
         result["ceiling"] = []
+        per_core = args.per_core if args.per_core is not None else (os.cpu_count() or 1)
         for batch in args.batch:
-            per_core = args.per_core if args.per_core is not None else (os.cpu_count() or 1)
             cases = ceiling_cases(fp32, int8, plain, batch, jpegs, args.threads, not args.no_serving, per_core)
             timed: dict[str, Callable[[], Any]] = {"roof ort": roof.ort, "roof numpy": roof.numpy}
             timed.update({c.label: c.run for c in cases})
@@ -157,7 +164,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 "cases": rows,
             })
 
-        if torch_model and not args.no_baseline:
+        # The naive baseline is a random-init PyTorch network of --classes: comparable to the random-init export only.
+        if not args.model_store and not args.no_baseline:
             log("measuring the naive baseline's own time per image ...")
             result["naive_baseline"] = measure_baseline(jpegs, args.classes, max(3, args.rounds // 2))
         if not args.no_preprocess:
@@ -239,9 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.model_store and not args.name:
-        names = ModelStore(args.model_store).names()
-        args.name = names[0] if len(names) == 1 else None
+
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 

@@ -35,9 +35,6 @@ class Samples:
     def best(self) -> float:
         return min(self.wall)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"median_s": self.median, "best_s": self.best, "wall_s": self.wall, "cpu_s": self.cpu}
-
 
 def interleave(cases: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
                progress: Callable[[str], None] | None = None) -> dict[str, Samples]:

@@ -3,7 +3,7 @@
 One 224×224 crop costs 724.4 M multiply-adds (1.449 GFLOP) in the paper network; ten crops per image make
 14.49 GFLOP. The matmul is measured with ONNX Runtime's MatMul (MLAS, the kernels the model runs on) and with
 numpy's BLAS; the roof is the faster of the two, since it stands for what this CPU can do in fp32. (numpy's
-OpenBLAS wheel may pick an older kernel than the CPU has, e.g. AVX2 on an AVX-512 machine: the JSON names it.)
+OpenBLAS wheel may pick an older kernel than the CPU has, e.g. AVX2 on an AVX-512 machine: the printout names it.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,11 +26,9 @@ INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_v
 @dataclass
 class CpuInfo:
     model: str
-    logical_cpus: int
     usable_cpus: int
     flags: list[str] = field(default_factory=list)
     isa: str = ""
-    machine: str = ""
 
     def summary(self) -> str:
         return f"{self.model}, {self.usable_cpus} CPUs, {self.isa}"
@@ -58,8 +56,7 @@ def cpu_info() -> CpuInfo:
     else:
         isa = ", ".join(chosen) or "unknown"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return CpuInfo(model=model, logical_cpus=os.cpu_count() or 1, usable_cpus=usable, flags=chosen, isa=isa,
-                   machine=platform.machine())
+    return CpuInfo(model=model, usable_cpus=usable, flags=chosen, isa=isa)
 
 
 class MatmulRoof:
@@ -117,11 +114,6 @@ class Roof:
     numpy_gflops: float
     gflops: float
     images_per_s: float  # ten-crop images/s at the roof
-    cpu: CpuInfo
-    numpy_blas: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def measure_roof(rounds: int = 5, n: int = 4096, intra_op_threads: int = 0) -> Roof:
@@ -130,15 +122,15 @@ def measure_roof(rounds: int = 5, n: int = 4096, intra_op_threads: int = 0) -> R
     ort_best = max(timer.ort() for _ in range(rounds))
     np_best = max(timer.numpy() for _ in range(rounds))
     best = max(ort_best, np_best)
-    return Roof(ort_gflops=ort_best, numpy_gflops=np_best, gflops=best, images_per_s=best / GFLOP_PER_TEN_CROP_IMAGE,
-                cpu=cpu_info(), numpy_blas=numpy_blas())
+    return Roof(ort_gflops=ort_best, numpy_gflops=np_best, gflops=best, images_per_s=best / GFLOP_PER_TEN_CROP_IMAGE)
 
 
 def main() -> None:
     roof = measure_roof()
-    print(f"CPU: {roof.cpu.summary()}  flags: {' '.join(roof.cpu.flags)}")
+    cpu = cpu_info()  # not part of Roof: only this printout uses the CPU and BLAS names
+    print(f"CPU: {cpu.summary()}  flags: {' '.join(cpu.flags)}")
     print(f"fp32 4096² matmul: ONNX Runtime {roof.ort_gflops:.0f} GFLOP/s, numpy {roof.numpy_gflops:.0f} GFLOP/s "
-          f"({roof.numpy_blas})")
+          f"({numpy_blas()})")
     print(f"roof for the paper network: {roof.gflops:.0f} / {GFLOP_PER_TEN_CROP_IMAGE:.2f} = "
           f"{roof.images_per_s:.2f} ten-crop images/s   (load average {os.getloadavg()[0]:.2f})")
 

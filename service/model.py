@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -22,6 +22,9 @@ from alexnet_store import ModelVersion
 from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
 from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, PreparedImage, image_to_crops, prepare_image
 from service.session import ElisionReport, cpu_session, session_options
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,14 @@ class RuntimeOptions:
     spinning: bool = False
     cudnn_conv_algo_search: CudnnConvAlgoSearch = "HEURISTIC"
     reorder_elision: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeOptions:
+        """The one mapping from the service's settings, shared by the service and the benchmark's ceiling so
+        the ceiling's sessions stay opened exactly like the service's."""
+        return cls(intra_op_threads=settings.effective_intra_op_threads(), spinning=settings.intra_op_spinning,
+                   cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
+                   reorder_elision=settings.cpu_reorder_elision)
 
     def session_config(self) -> dict[str, str]:
         return {"session.intra_op.allow_spinning": "1" if self.spinning else "0"}

@@ -67,12 +67,8 @@ class ServiceState:
         if self.version is None:
             store = ModelStore(self.settings.model_store)
             self.version = store.resolve(self.settings.model_name, self.settings.model_version)
-        runtime = RuntimeOptions(intra_op_threads=self.settings.effective_intra_op_threads(),
-                                 spinning=self.settings.intra_op_spinning,
-                                 cudnn_conv_algo_search=self.settings.cudnn_conv_algo_search,
-                                 reorder_elision=self.settings.cpu_reorder_elision)
         return ClassifierModel(self.version, providers=self.settings.provider_request, limits=self.decode_limits,
-                               runtime=runtime)
+                               runtime=RuntimeOptions.from_settings(self.settings))
 
     async def load(self) -> None:
         """Resolve, load and warm up the model, then start the runner; never raises (see `state`)."""
