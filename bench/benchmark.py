@@ -88,17 +88,6 @@ class Models:
     int8: ModelVersion | None
 
 
-def newest(store: ModelStore, name: str, precision: str) -> ModelVersion:
-    """The newest version of `name` with this precision (int8 versions sit beside fp32 ones, numbered alike)."""
-    for number in reversed(store.versions(name)):
-        version = store.resolve(name, number)
-        if version.metadata.precision == precision:
-            return version
-    hint = (f"; make one with `python -m training.quantize --model-store {store.root} --name {name}`"
-            if precision == "int8" else "")
-    raise StoreError(f"model {name!r} has no {precision} version in {store.root}{hint}")
-
-
 def resolve_models(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) -> Models:
     if args.model_store is None:
         from bench.references import build_models
@@ -108,14 +97,18 @@ def resolve_models(args: argparse.Namespace, workdir: Path, log: Callable[[str],
         return Models(built["fp32"], built["int8"])
     store = ModelStore(args.model_store)
     name = store.resolve(args.model_name).name  # the only model, when no name is given
-    fp32 = store.resolve(name, args.model_version) if args.model_version else newest(store, name, "fp32")
+    fp32 = store.resolve(name, args.model_version) if args.model_version else store.newest(name, "fp32")
     if fp32.metadata.precision != "fp32":
         raise StoreError(f"{fp32.path} is {fp32.metadata.precision}; pass the --model-version of an fp32 version")
     int8 = None
     if args.int8_version:
         int8 = store.resolve(name, args.int8_version)
     elif args.int8:
-        int8 = newest(store, name, "int8")
+        try:
+            int8 = store.newest(name, "int8")
+        except StoreError as exc:
+            raise StoreError(f"{exc}; make one with `python -m training.quantize --model-store {store.root} "
+                             f"--name {name}`") from exc
     return Models(fp32, int8)
 
 
