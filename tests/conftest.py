@@ -1,37 +1,11 @@
-"""Fixtures shared by every test area: a real exported model, the shared sample images, GPU detection."""
+"""Fixtures shared by every test area: a real exported model, the shared sample images; GPU tests skip cleanly."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-@functools.cache
-def cuda_provider_works() -> bool:
-    """True only where ONNX Runtime can really run on CUDA (it lists CUDA even where it cannot load it)."""
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-    except ImportError:
-        return False
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
-    except Exception:
-        return False
-    return session.get_providers()[0] == "CUDAExecutionProvider"
+from helpers import SHARED_DATA, cuda_provider_works
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from test_service_e2e import image, start_server, stop_server
+from helpers import image, start_server, stop_server
 
 
 def answer(client: httpx.Client, data: bytes, name: str, crops: str) -> list[dict]:

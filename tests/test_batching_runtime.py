@@ -34,7 +34,7 @@ def test_cuda_gets_its_options_and_cpu_none():
 
 def test_auto_providers_fail_over_to_cpu_with_the_same_answers(exported):
     """'auto' asks for CUDA with its options where this onnxruntime has it; without a GPU the session is on CPU."""
-    from conftest import cuda_provider_works
+    from helpers import cuda_provider_works
 
     _, version, _ = exported
     auto = ClassifierModel(version)  # providers: auto

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnxruntime as ort
 import pytest
-from conftest import cuda_provider_works
+from helpers import cuda_provider_works
 
 from service.model import CPU, CUDA, ClassifierModel, cuda_driver_present, resolve_providers
 

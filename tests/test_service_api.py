@@ -96,7 +96,7 @@ def all_probs(result: dict, num_classes: int) -> np.ndarray:
 def real_photos(shared: bool) -> list[tuple[str, bytes]]:
     if not shared:
         return [(name, (SKLEARN_IMAGES / name).read_bytes()) for name in REAL_PHOTOS]
-    from conftest import SHARED_DATA
+    from helpers import SHARED_DATA
 
     folder = SHARED_DATA / "imagenet-samples"
     if not folder.is_dir():
