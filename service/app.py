@@ -1,9 +1,11 @@
 """The FastAPI app factory: `create_app(settings)`.
 
-Layout (FastAPI's "Bigger applications"): routers in `service/routes/`, one state object per app in
-``app.state.service`` (`service.state.ServiceState`), errors in `service/errors.py`, metrics in
-`service/metrics.py`. The model is loaded once, in the lifespan, in the background: the server answers
-health checks while it loads, and ``/health/ready`` turns 200 only after the warm-up run.
+Layout (FastAPI's "Bigger applications" and its full-stack template): routers in `service/routes/`, gathered
+in `service.routes.ROUTERS`; one state object per app in ``app.state.service`` (`service.state.ServiceState`,
+reached through the `StateDep` dependency); errors in `service/errors.py`, turned into JSON by
+`service/handlers.py`; metrics in `service/metrics.py`. The model repository loads the models in the lifespan,
+in the background: the server answers health checks while it loads, and ``/health/ready`` turns 200 only
+after every model it serves has a warmed-up version.
 
 ``uvicorn --factory service.app:create_app`` builds the app from ``ALEXNET_*`` environment variables;
 `alexnet-serve` (service/cli.py) is the usual way to start it.
@@ -18,10 +20,11 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
-from service.errors import install_error_handlers
+from service.app_info import VERSION
+from service.handlers import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
-from service.model import ClassifierModel
-from service.routes import health, metrics, models, predict
+from service.repository import Loader
+from service.routes import ROUTERS
 from service.settings import Settings
 from service.state import RunnerFactory, ServiceState
 
@@ -32,14 +35,21 @@ Image classification with the AlexNet of Krizhevsky, Sutskever & Hinton (2012), 
 the shorter side resized to 256, the central 256×256 square, its four corner and centre 224×224 patches and
 their horizontal reflections (ten patches), softmax averaged over the ten.
 
-Send images to `POST /predict` as multipart/form-data in the repeatable field `files`. Every error is JSON
-`{"detail": "..."}` naming what was wrong and which file.
+Every model and version in the model store is served (by version policy), and new versions are rolled
+over to while serving. Two ways in:
+
+- `POST /predict`: images as multipart/form-data in the repeatable field `files`; errors are JSON
+  `{"detail": "..."}` naming what was wrong and which file.
+- The Open Inference Protocol (KServe v2, as Triton implements it) under `/v2`: `tritonclient` and
+  KServe's clients work unchanged; errors are JSON `{"error": "..."}`.
 """
 
 TAGS = [
     {"name": "predict", "description": "Classify images."},
-    {"name": "models", "description": "The served model and the execution provider it runs on."},
+    {"name": "models", "description": "The served models and versions and the execution provider each runs on."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "v2", "description": "The Open Inference Protocol (KServe v2 REST, Triton's HTTP API)."},
+    {"name": "repository", "description": "Triton's model repository extension: index, load, unload."},
     {"name": "metrics", "description": "Prometheus metrics."},
 ]
 
@@ -54,17 +64,18 @@ def _configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def create_app(settings: Settings | None = None, *, model: ClassifierModel | None = None,
+def create_app(settings: Settings | None = None, *, loader: Loader | None = None,
                runner_factory: RunnerFactory | None = None) -> FastAPI:
-    """Build the app. `model` (not yet loaded) and `runner_factory` let tests and embedders inject their own."""
+    """Build the app. `loader` (version → loaded ClassifierModel) and `runner_factory` let tests and embedders
+    inject their own."""
     settings = settings if settings is not None else Settings()
     _configure_logging(settings.log_level)
     metrics_ = Metrics()
-    state = ServiceState(settings, metrics_, model=model, runner_factory=runner_factory)
+    state = ServiceState(settings, metrics_, loader=loader, runner_factory=runner_factory)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(state.load(), name="load-model")
+        loading = asyncio.create_task(state.start(), name="load-models")
         try:
             yield
         finally:
@@ -74,18 +85,11 @@ def create_app(settings: Settings | None = None, *, model: ClassifierModel | Non
                     await loading
             await state.stop()
 
-    app = FastAPI(
-        title="AlexNet classification service",
-        version="1.0",
-        description=DESCRIPTION,
-        openapi_tags=TAGS,
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="AlexNet classification service", version=VERSION, description=DESCRIPTION,
+                  openapi_tags=TAGS, lifespan=lifespan)
     app.state.service = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
-    app.include_router(predict.router)
-    app.include_router(models.router)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

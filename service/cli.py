@@ -1,10 +1,10 @@
 """`alexnet-serve`: check the model store, then run the service under uvicorn.
 
 Settings come from ``ALEXNET_*`` environment variables (service/settings.py); the flags below override
-them. Before uvicorn starts, the model to serve is resolved and its checksum verified, so a missing or
-broken store is a one-line error and exit status 2, not a traceback. The resolved name and version are
-then pinned for every worker, so all workers serve the same version even if a new one is exported while
-they start.
+them. Before uvicorn starts, the store is checked (it exists, holds the models asked for) and the execution
+providers are validated, so a missing store or a typo is a one-line error and exit status 2, not a
+traceback. Each worker's model repository then loads the versions its policy selects and follows the store
+(service/repository.py).
 
 With ``--workers N`` > 1, each worker is a process with its own ONNX Runtime session (and, unless
 ``--intra-op-threads`` is given, cores ÷ N ORT threads); Prometheus metrics are aggregated over the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from alexnet_store import ModelStore, ModelVersion, StoreError
-from service.settings import ENV_PREFIX, Settings
+from alexnet_store import ModelStore
+from service.settings import ENV_PREFIX, LogLevel, Settings
 
 PROG = "alexnet-serve"
 HINT = "run `make demo` or alexnet-export"
@@ -34,26 +34,39 @@ class CliError(Exception):
     pass
 
 
+# The settings alexnet-serve takes as flags; every other one is an ALEXNET_* variable (docs/api.md). Help texts
+# and defaults come from the settings' own fields, so they are written once.
+FLAGS = ("model_store", "models", "version_policy", "repository_poll_seconds", "host", "port", "workers",
+         "providers", "intra_op_threads", "log_level")
+
+
+def _default(name: str) -> str:
+    field = Settings.model_fields[name]
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        return ",".join(value) or "empty"
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve an AlexNet from the model store over HTTP (POST /predict, /health/*, /v1/models, "
-                    f"/metrics, /docs). Every setting can also be given as an {ENV_PREFIX}* environment "
-                    "variable (see docs/api.md); flags override the environment.",
+        description="Serve the models of a model store over HTTP: POST /predict, the Open Inference Protocol "
+                    "(/v2, as KServe and Triton clients speak it), /health/*, /v1/models, /metrics, /docs. Every "
+                    f"setting can also be given as an {ENV_PREFIX}* environment variable (see docs/api.md); flags "
+                    "override the environment.",
     )
-    p.add_argument("--model-store", type=Path, help="model store root (env ALEXNET_MODEL_STORE; default model_store)")
-    p.add_argument("--model-name", help="model to serve (env ALEXNET_MODEL_NAME; default: the only one in the store)")
-    p.add_argument("--model-version", type=int, help="version (env ALEXNET_MODEL_VERSION; default: the newest)")
-    p.add_argument("--host", help="interface to listen on (env ALEXNET_HOST; default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (env ALEXNET_PORT; default 8000; 0 = any free port)")
-    p.add_argument("--workers", type=int, help="worker processes (env ALEXNET_WORKERS; default 1)")
-    p.add_argument("--providers",
-                   help="ONNX Runtime execution providers, comma-separated, or 'auto' = CUDA first when "
-                        "available, then CPU (env ALEXNET_PROVIDERS; default auto)")
-    p.add_argument("--intra-op-threads", type=int,
-                   help="ONNX Runtime threads per worker (env ALEXNET_INTRA_OP_THREADS; default 0 = automatic)")
-    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"],
-                   help="log level (env ALEXNET_LOG_LEVEL; default info)")
+    for name in FLAGS:
+        field = Settings.model_fields[name]
+        kwargs: dict = {"help": f"{field.description or name.replace('_', ' ')} "
+                                f"(env {ENV_PREFIX}{name.upper()}; default {_default(name)})"}
+        if name == "log_level":
+            kwargs["choices"] = list(LogLevel.__args__)
+        elif field.annotation in (int, float):
+            kwargs["type"] = field.annotation
+        elif name == "model_store":
+            kwargs["type"] = Path
+        p.add_argument("--" + name.replace("_", "-"), **kwargs)
     return p
 
 
@@ -66,28 +79,31 @@ def load_settings(args: argparse.Namespace) -> Settings:
         raise CliError(f"invalid settings: {problems}") from exc
 
 
-def check_model(settings: Settings) -> ModelVersion:
-    """Resolve the model to serve and verify its files; CliError with a one-line message otherwise."""
+def check_store(settings: Settings) -> list[str]:
+    """The models to serve, checked before uvicorn starts; CliError with a one-line message otherwise.
+
+    Versions are parsed, verified and loaded by the repository in each worker (a version that fails there is
+    reported and skipped; a model with no loadable version makes the worker exit with status 3)."""
     root = settings.model_store
     store = ModelStore(root)
     if not root.exists():
         raise CliError(f"model store {root} does not exist — {HINT}")
     if not root.is_dir():
         raise CliError(f"model store {root} is not a directory")
-    if settings.model_name is None and store.is_empty():
+    names = store.names()
+    if not names:
         raise CliError(f"model store {root} holds no models — {HINT}")
-    try:
-        version = store.resolve(settings.model_name, settings.model_version)
-        version.verify()
-    except StoreError as exc:
-        raise CliError(f"{exc}" + (f" — {HINT}" if store.is_empty() else "")) from exc
+    missing = [name for name in settings.models if name not in names]
+    if missing:
+        raise CliError(f"model store {root} has no model named {', '.join(map(repr, missing))} "
+                       f"(models there: {', '.join(names)})")
     from service.model import resolve_providers  # imports onnxruntime: only once the store looks right
 
     try:
         resolve_providers(settings.provider_request)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    return version
+    return list(settings.models) or names
 
 
 def _multiprocess_dir(workers: int) -> str | None:
@@ -109,16 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args)
-        version = check_model(settings)
+        names = check_store(settings)
     except CliError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    settings = settings.model_copy(update={
-        "model_name": version.name, "model_version": version.version, "exit_on_load_failure": True})
+    settings = settings.model_copy(update={"exit_on_load_failure": True})
     os.environ.update(settings.to_env())  # uvicorn's workers (and the factory) read the same settings
     made_dir = _multiprocess_dir(settings.workers)
-    print(f"{PROG}: serving {version.name} v{version.version} ({version.path}) on "
-          f"http://{settings.host}:{settings.port} with {settings.workers} worker(s), providers "
+    poll = f"every {settings.repository_poll_seconds:g} s" if settings.repository_poll_seconds else "off"
+    print(f"{PROG}: serving {', '.join(names)} from {settings.model_store} (versions: {settings.version_policy}; "
+          f"polling {poll}) on http://{settings.host}:{settings.port} with {settings.workers} worker(s), providers "
           f"{','.join(settings.providers)}", file=sys.stderr, flush=True)
 
     import uvicorn

@@ -1,6 +1,6 @@
 """`alexnet-eval`: top-1/top-5 error of a model over a labelled validation folder, 10-crop and centre crop.
 
-    alexnet-eval VAL_DIR (--model-store DIR [--model-name NAME] [--model-version N] | --url URL)
+    alexnet-eval VAL_DIR (--model-store DIR | --url URL) [--model-name NAME] [--model-version N]
                  [--ground-truth FILE [--synsets FILE]] [--crops ten|center|both] [--report out.json]
                  [--confusion out.csv] [--plot out.png] [--limit N] [--workers N] [--batch-size N]
                  [--providers P1,P2]
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.eval_backends import SCHEMES, Backend, BackendError, HttpBackend, InProcessBackend
-from service.eval_data import EvalDataError, EvalSet, load_eval_set
-from service.eval_report import Evaluation, format_table, write_confusion_csv, write_json, write_plot
+from service.evaluation.backends import SCHEMES, Backend, BackendError, HttpBackend, InProcessBackend
+from service.evaluation.data import EvalDataError, EvalSet, load_eval_set
+from service.evaluation.report import Evaluation, format_table, write_confusion_csv, write_json, write_plot
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model-store", type=Path, metavar="DIR",
                         help="evaluate in this process with ONNX Runtime, from this store")
     source.add_argument("--url", help="evaluate through a running service, e.g. http://127.0.0.1:8000")
-    p.add_argument("--model-name", metavar="NAME", help="model in the store (default: the store's only model)")
-    p.add_argument("--model-version", type=int, metavar="N", help="version (default: the newest)")
+    p.add_argument("--model-name", metavar="NAME",
+                   help="model in the store or the service (default: the only one there)")
+    p.add_argument("--model-version", type=int, metavar="N",
+                   help="version (default: the store's newest, or the service's default: its newest loaded)")
     p.add_argument("--ground-truth", type=Path, metavar="FILE",
                    help="flat layout: LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt "
                         "(default: either one found in VAL_DIR)")
@@ -90,11 +92,10 @@ def _positive(text: str) -> int:
 
 def make_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
     if args.url is not None:
-        for flag, value in (("--model-name", args.model_name), ("--model-version", args.model_version),
-                            ("--providers", args.providers)):
-            if value is not None:
-                parser.error(f"{flag} applies to --model-store; the service at --url serves its own model")
-        return HttpBackend(args.url, workers=args.workers, batch_size=args.batch_size or 8)
+        if args.providers is not None:
+            parser.error("--providers applies to --model-store; the service at --url runs on its own providers")
+        return HttpBackend(args.url, args.model_name, args.model_version, workers=args.workers,
+                           batch_size=args.batch_size or 8)
     return InProcessBackend(args.model_store, args.model_name, args.model_version, providers=args.providers,
                             workers=args.workers, batch_size=args.batch_size or 16)
 

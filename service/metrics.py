@@ -87,8 +87,15 @@ class Metrics:
             "preprocess_duration_seconds", "Time to decode, resize and crop one image.",
             namespace=NAMESPACE, buckets=INFERENCE_BUCKETS, registry=r)
         self.model_ready = Gauge(
-            "model_ready", "1 once the model is loaded and warmed up (minimum over workers).",
+            "model_ready", "1 while a model version is loaded, warmed up and serving (minimum over workers).",
             ["model", "version", "provider"], namespace=NAMESPACE, registry=r, multiprocess_mode="livemin")
+        self.model_memory = Gauge(
+            "model_memory_bytes", "Resident memory the process grew by when it loaded this version (per worker).",
+            ["model", "version"], namespace=NAMESPACE, registry=r, multiprocess_mode="livemax")
+        self.pipeline_step = Histogram(
+            "pipeline_step_seconds", "Time of each pipeline step per call: preprocess (decode and cut all images), "
+            "predict (wait for and run the model), postprocess (average and top-k).",
+            ["model", "step"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS, registry=r)
 
     def exposition(self) -> tuple[bytes, str]:
         if self.multiprocess:

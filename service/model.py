@@ -1,7 +1,7 @@
-"""The served classifier, in KServe's steps: load → preprocess → predict → postprocess.
+"""One model version in an ONNX Runtime session: load (checksum, serving graph, session, warm-up) and predict.
 
-Each step is a plain method, testable alone; the HTTP layer and `alexnet-eval` compose them. The model
-knows nothing of HTTP; errors from preprocess are `ImageError`s that carry their status code.
+The rest of KServe's steps — preprocess and postprocess, and their composition — are in service/pipeline.py,
+which every transport calls. The model knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import onnxruntime as ort
 
 from alexnet_store import ModelVersion
 from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
-from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, PreparedImage, image_to_crops, prepare_image
 from service.session import ElisionReport, cpu_session, session_options
 
 if TYPE_CHECKING:
@@ -30,13 +29,6 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    index: int
-    label: str
-    probability: float
 
 
 CudnnConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
@@ -123,12 +115,11 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
 
 class ClassifierModel:
     def __init__(self, version: ModelVersion, providers: Sequence[str] | None = None,
-                 limits: DecodeLimits = DEFAULT_LIMITS, runtime: RuntimeOptions | None = None) -> None:
+                 runtime: RuntimeOptions | None = None) -> None:
         self.version = version
         self.metadata = version.metadata
         self.requested_providers = resolve_providers(providers)
         self.runtime = runtime or RuntimeOptions()
-        self.limits = limits
         self.session: ort.InferenceSession | None = None
         self.elision: ElisionReport | None = None  # CPU sessions only
         self.labels = [lab.name for lab in self.metadata.labels]
@@ -169,16 +160,6 @@ class ClassifierModel:
         log.info("model %s v%d loaded on %s; warm-up batch of %d in %.0f ms", self.metadata.name,
                  self.metadata.version, got[0], warmup_batch, 1000 * (time.perf_counter() - start))
 
-    # -- preprocess -------------------------------------------------------------------------------------
-    def preprocess(self, data: bytes, crops: CropScheme) -> np.ndarray:
-        pre = self.metadata.preprocessing
-        return image_to_crops(data, crops, pre.resize_size, pre.crop_size, self.limits)
-
-    def prepare(self, data: bytes, crops: CropScheme) -> PreparedImage:
-        """preprocess, also keeping the file's format and size (what the service reports per image)."""
-        pre = self.metadata.preprocessing
-        return prepare_image(data, crops, pre.resize_size, pre.crop_size, self.limits)
-
     # -- predict ----------------------------------------------------------------------------------------
     def predict(self, patches: np.ndarray) -> np.ndarray:
         """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K] (one run, any M)."""
@@ -187,18 +168,6 @@ class ClassifierModel:
         (probs,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: patches})
         return probs
 
-    # -- postprocess ------------------------------------------------------------------------------------
-    def postprocess(self, probs: np.ndarray, top_k: int) -> list[Prediction]:
-        """Probabilities of one image's patches [n, K] → its top-k classes, softmax averaged over patches."""
-        mean = probs.mean(axis=0)
-        k = min(top_k, mean.shape[0])
-        top = np.argpartition(-mean, k - 1)[:k]
-        top = top[np.argsort(-mean[top], kind="stable")]
-        return [Prediction(int(i), self.labels[i], float(mean[i])) for i in top]
-
-    def classify(self, images: Sequence[bytes], crops: CropScheme = "ten", top_k: int = 5) -> list[list[Prediction]]:
-        """All four steps for a list of encoded images, in one model run."""
-        patches = [self.preprocess(data, crops) for data in images]
-        probs = self.predict(np.concatenate(patches))
-        n = patches[0].shape[0]
-        return [self.postprocess(probs[i * n:(i + 1) * n], top_k) for i in range(len(images))]
+    def close(self) -> None:
+        """Drop the session (ONNX Runtime frees its memory when the last reference goes)."""
+        self.session = None

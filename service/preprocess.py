@@ -1,6 +1,7 @@
 """Uploaded bytes → the paper's test-time patches, as uint8 arrays.
 
-The one implementation of preprocessing: the service and `alexnet-eval` both call `image_to_crops`.
+The one implementation of preprocessing: the service's pipeline (service/pipeline.py), which every transport
+and `alexnet-eval` go through, calls `prepare_image`.
 It reproduces torchvision's ``Resize(256)`` (Pillow bilinear, antialiased), ``CenterCrop(256)`` and
 ``TenCrop(224)`` pixel for pixel, without PyTorch. Normalisation (mean/std) happens in the serving
 graph, so what travels to the model is uint8, a quarter of the bytes of float32.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -239,15 +241,15 @@ def image_to_crops(data: bytes, scheme: CropScheme, resize_size: int, crop_size:
 class PreparedImage:
     """An upload turned into patches, with what was learnt about the file on the way."""
 
-    patches: np.ndarray  # uint8 [n, crop, crop, 3]
+    patches: dict[str, np.ndarray]  # crop scheme → uint8 [n, crop, crop, 3], all cut from one decode
     format: str  # JPEG, PNG, ...
     width: int  # as stored in the file (before EXIF rotation and draft scaling)
     height: int
 
 
-def prepare_image(data: bytes, scheme: CropScheme, resize_size: int, crop_size: int,
+def prepare_image(data: bytes, schemes: Sequence[CropScheme], resize_size: int, crop_size: int,
                   limits: DecodeLimits = DEFAULT_LIMITS) -> PreparedImage:
-    """image_to_crops, keeping the file's format and size for the response."""
+    """Decode and resize once, cut the patches of every scheme asked for, and keep the file's format and size."""
     img, fmt, (width, height) = _decode(data, resize_size, limits)
-    patches = crop_patches(resize_square(img, resize_size), crop_size, scheme)
-    return PreparedImage(patches, fmt, width, height)
+    square = resize_square(img, resize_size)
+    return PreparedImage({scheme: crop_patches(square, crop_size, scheme) for scheme in schemes}, fmt, width, height)

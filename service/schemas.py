@@ -67,26 +67,113 @@ class Live(_Base):
     status: Literal["alive"] = "alive"
 
 
+class ServedRef(_Base):
+    name: str = Field(examples=["alexnet"])
+    version: int = Field(examples=[2])
+    provider: str = Field(examples=["CPUExecutionProvider"])
+
+
 class Ready(_Base):
     status: Literal["ready"] = "ready"
-    model: ModelRef
-    provider: str
+    models: list[ServedRef] = Field(description="each served model's default version (its newest loaded one)")
+
+
+RepositoryState = Literal["LOADING", "READY", "UNLOADING", "UNAVAILABLE"]
 
 
 class ServedModel(_Base):
     name: str
     version: int
+    state: RepositoryState = Field(description="READY (serving), LOADING, UNLOADING (finishing its requests), "
+                                               "UNAVAILABLE (with the reason)")
+    reason: str = Field("", description="why a version is not READY (load error, 'unloaded', the version policy)")
     ready: bool
-    state: Literal["loading", "ready", "failed"]
-    provider: str | None = Field(description="the execution provider the session ACTUALLY runs on "
-                                             "(null until loaded)")
+    default: bool = Field(False, description="the version requests get when they name none (the newest loaded)")
+    provider: str | None = Field(None, description="the execution provider the session ACTUALLY runs on "
+                                                   "(null unless loaded)")
     requested_providers: list[str]
     available_providers: list[str] = Field(description="what this onnxruntime build lists (not all may work)")
-    num_classes: int
-    path: str
-    metadata: dict[str, Any] = Field(description="the version's metadata.json: labels, preprocessing, onnx, "
-                                                 "parity, training")
+    num_classes: int | None = None
+    path: str = Field(description="the version's folder, relative to the model store", examples=["alexnet/2"])
+    load_seconds: float | None = Field(None, description="parse + sha256 + session + warm-up, when it was loaded")
+    memory_bytes: int | None = Field(None, description="how much the process's resident memory grew when this "
+                                                       "version was loaded")
+    metadata: dict[str, Any] | None = Field(None, description="the loaded version's metadata.json: labels, "
+                                                              "preprocessing, onnx, parity, training")
 
 
 class ModelList(_Base):
     models: list[ServedModel]
+
+
+# -- the Open Inference Protocol (KServe v2 / Triton) ------------------------------------------------------------
+class V2Error(_Base):
+    error: str = Field(examples=["inputs[0].datatype: expected BYTES (encoded image files), got \"FP32\""])
+
+
+class ServerMetadata(_Base):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(_Base):
+    live: bool = True
+
+
+class V2Ready(_Base):
+    ready: bool = True
+
+
+class ModelReady(_Base):
+    name: str
+    ready: bool = True
+
+
+class TensorMetadata(_Base):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 for a variable dimension (the batch)")
+
+
+class V2ModelMetadata(_Base):
+    name: str
+    versions: list[str] = Field(description="the loaded versions (with /versions/{v}: that one)")
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class IndexEntry(_Base):
+    name: str
+    version: str
+    state: RepositoryState
+    reason: str = ""
+
+
+class InferTensor(_Base):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutputSpec(_Base):
+    name: str = Field(examples=["probabilities"])
+    parameters: dict[str, Any] | None = Field(None, examples=[{"classification": 5, "binary_data": False}])
+
+
+class InferRequestBody(_Base):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, examples=[{"crops": "ten"}])
+    inputs: list[InferTensor]
+    outputs: list[RequestedOutputSpec] | None = None
+
+
+class InferResponseBody(_Base):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[InferTensor]

@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from alexnet_store.store import StoreError, validate_name
+from service.policy import Policies
+
 ENV_PREFIX = "ALEXNET_"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -23,13 +26,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", protected_namespaces=(),
         validate_default=True,
-        env_ignore_empty=True,  # ALEXNET_MODEL_NAME= (compose passing an unset variable) means "not set"
+        env_ignore_empty=True,  # ALEXNET_MODELS= (compose passing an unset variable) means "not set"
     )
 
-    # -- the model ----------------------------------------------------------------------------------------
+    # -- the model repository -------------------------------------------------------------------------------
     model_store: Path = Field(Path("model_store"), description="root of the model store")
-    model_name: str | None = Field(None, description="model to serve; default: the only model in the store")
-    model_version: int | None = Field(None, ge=1, description="version to serve; default: the newest")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="models to serve, comma-separated; empty = every model in the store")
+    version_policy: str = Field(
+        "latest:1", description="versions to serve: 'latest:N' (the newest N), 'all' or 'specific:V1,V2'; per model "
+                                "with 'name=policy' entries separated by ';', e.g. 'latest:1; digits=all'")
+    repository_poll_seconds: float = Field(
+        15.0, ge=0, description="how often the store is checked for new, changed or removed versions, which are "
+                                "loaded, warmed up and switched to while serving; 0 = only at start and on "
+                                "POST /v2/repository/models/{name}/load")
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["auto"],
         description="ONNX Runtime execution providers in order of preference, comma-separated; 'auto' = "
@@ -52,10 +62,10 @@ class Settings(BaseSettings):
     warmup_batch: int = Field(10, ge=1, description="patches in the warm-up run before the service says ready")
 
     # -- the server ---------------------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model session")
-    log_level: LogLevel = "info"
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 in a container)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model repository")
+    log_level: LogLevel = Field("info", description="log level")
     access_log: bool = True
 
     # -- limits on what a request may contain ---------------------------------------------------------------
@@ -83,6 +93,35 @@ class Settings(BaseSettings):
 
     # Set by alexnet-serve: a worker whose model fails to load exits (code 3) instead of staying unready.
     exit_on_load_failure: bool = False
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(v).strip() for v in value if str(v).strip()]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        for name in value:
+            try:
+                validate_name(name)
+            except StoreError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("version_policy")
+    @classmethod
+    def _check_policy(cls, value: str) -> str:
+        Policies.parse(value)
+        return value
+
+    @property
+    def policies(self) -> Policies:
+        return Policies.parse(self.version_policy)
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -128,6 +167,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, list):
                 value = ",".join(value)
+                if not value:
+                    continue
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             env[f"{ENV_PREFIX}{name.upper()}"] = str(value)

@@ -16,6 +16,7 @@ Only the parts named ``files`` (repeatable), ``file`` or ``files[]`` are kept, i
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
@@ -170,31 +171,18 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     if not boundary:
         raise BadRequest("malformed multipart body: the Content-Type has no boundary")
 
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
-        raise PayloadTooLarge(
-            f"request body of {int(declared):,} bytes is larger than the limit of {limits.max_request_bytes:,} "
-            "bytes; send fewer or smaller images per request", reason="request_too_large")
-
     collector = _Collector(limits)
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limits.max_request_bytes:
-                raise PayloadTooLarge(
-                    f"request body is larger than the limit of {limits.max_request_bytes:,} bytes; "
-                    "send fewer or smaller images per request", reason="request_too_large")
-            try:
-                parser.write(chunk)
-            except FormParserError as exc:
-                raise BadRequest(f"malformed multipart body: {exc}") from exc
-            if collector.error is not None:
-                raise collector.error
-        parser.finalize()
-    except ClientDisconnect as exc:
-        raise BadRequest("the client disconnected before the upload was complete") from exc
+    async for chunk in stream_body(request, limits):
+        received += len(chunk)
+        try:
+            parser.write(chunk)
+        except FormParserError as exc:
+            raise BadRequest(f"malformed multipart body: {exc}") from exc
+        if collector.error is not None:
+            raise collector.error
+    parser.finalize()
     if collector.error is not None:
         raise collector.error
     if not collector.ended:
@@ -204,3 +192,31 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     if not collector.uploads:
         raise _no_files(collector.other_fields)
     return collector.uploads
+
+
+async def stream_body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
+    """The request body chunk by chunk, refused from its Content-Length or cut off at ``max_request_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
+        raise PayloadTooLarge(
+            f"request body of {int(declared):,} bytes is larger than the limit of {limits.max_request_bytes:,} "
+            "bytes; send fewer or smaller images per request", reason="request_too_large")
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_request_bytes:
+                raise PayloadTooLarge(
+                    f"request body is larger than the limit of {limits.max_request_bytes:,} bytes; "
+                    "send fewer or smaller images per request", reason="request_too_large")
+            yield chunk
+    except ClientDisconnect as exc:
+        raise BadRequest("the client disconnected before the upload was complete") from exc
+
+
+async def read_body(request: Request, limits: UploadLimits) -> bytes:
+    """The whole body (for the Open Inference Protocol's JSON or binary requests), within the same limits."""
+    body = bytearray()
+    async for chunk in stream_body(request, limits):
+        body += chunk
+    return bytes(body)

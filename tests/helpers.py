@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ def start_server(root: Path, log: Path, *extra: str, env: dict[str, str] | None 
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with open(log, "w") as fh:
         process = subprocess.Popen(
-            [*serve_command(), "--model-store", str(root), "--model-name", "testnet", "--host", "127.0.0.1",
+            [*serve_command(), "--model-store", str(root), "--models", "testnet", "--host", "127.0.0.1",
              "--port", str(port), *extra],
             stdout=fh, stderr=subprocess.STDOUT, env=environment)
     url = f"http://127.0.0.1:{port}"
@@ -119,3 +120,18 @@ def cuda_provider_works() -> bool:
     except Exception:
         return False
     return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def reuse(loaded, gate: threading.Event | None = None):
+    """A repository loader that waits for `gate`, then hands out the already loaded session (no second load)."""
+
+    from service.model import ClassifierModel
+
+    def load(version):
+        if gate is not None:
+            gate.wait(30)
+        model = ClassifierModel(version, providers=["CPUExecutionProvider"])
+        model.session = loaded.session
+        return model
+
+    return load

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from helpers import reuse
 from PIL import Image
 
 from service.app import create_app
@@ -219,7 +220,7 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
     recorder = RecordingModel(loaded_model, gate)
     settings = settings_for(root, max_queued_inferences=1, retry_after_seconds=4, max_batch_patches=10,
                             max_batch_delay_ms=0)
-    app = create_app(settings, model=loaded_model,
+    app = create_app(settings, loader=reuse(loaded_model),
                      runner_factory=lambda m, metrics, s: BatchingRunner(recorder, metrics, max_batch=10, max_delay=0,
                                                                          max_queued=1, retry_after=4))
     data = jpeg(320, 240, 0)
@@ -229,7 +230,7 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
             running = pool.submit(post, c, data, "ten")
             assert recorder.entered.wait(30)
             queued = pool.submit(post, c, data, "center")
-            runner = app.state.service.runner
+            runner = app.state.service.repository.served["testnet"][1].runner
             for _ in range(600):
                 if runner.waiting == 1:
                     break

@@ -7,16 +7,14 @@ import pytest
 
 from service.model import CPU, CUDA, ClassifierModel, RuntimeOptions
 from service.settings import Settings
-from service.state import ServiceState
+from service.state import default_loader
 
 
 def test_settings_reach_the_session(exported):
-    root, _, _ = exported
+    root, version, _ = exported
     settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], intra_op_threads=1,
-                        intra_op_spinning=True, cudnn_conv_algo_search="DEFAULT")
-    from service.metrics import Metrics
-
-    model = ServiceState(settings, Metrics())._build_model()
+                        intra_op_spinning=True, cudnn_conv_algo_search="DEFAULT", warmup_batch=1)
+    model = default_loader(settings)(version)
     assert model.runtime == RuntimeOptions(intra_op_threads=1, spinning=True, cudnn_conv_algo_search="DEFAULT")
     options = model.runtime.session_options()
     assert options.intra_op_num_threads == 1

@@ -190,7 +190,7 @@ def test_compose_api_service():
     env = _env(api)
     assert env["ALEXNET_MODEL_STORE"] == "/models" and env["ALEXNET_HOST"] == "0.0.0.0"
     assert env["ALEXNET_PORT"] == "8000", "inside the container the port is fixed; ALEXNET_PORT is the host's"
-    for passthrough in ("ALEXNET_WORKERS", "ALEXNET_LOG_LEVEL", "ALEXNET_MODEL_NAME", "ALEXNET_MODEL_VERSION",
+    for passthrough in ("ALEXNET_WORKERS", "ALEXNET_LOG_LEVEL", "ALEXNET_MODELS", "ALEXNET_VERSION_POLICY",
                         "ALEXNET_PROVIDERS"):
         assert passthrough in env
     assert "alexnet-healthcheck" in api["healthcheck"]["test"]

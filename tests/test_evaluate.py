@@ -10,22 +10,19 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from helpers import start_server, stop_server
 
 from alexnet_store import Label
 from service import evaluate as cli
-from service.eval_backends import BackendError, HttpBackend, InProcessBackend, TopK
-from service.eval_data import EvalDataError, Sample, load_eval_set
 from service.evaluate import run_evaluation
+from service.evaluation.backends import BackendError, HttpBackend, InProcessBackend, TopK
+from service.evaluation.data import EvalDataError, Sample, load_eval_set
 
 N_IMAGES = 12
 REPORT_KEYS = {"model", "backend", "url", "dataset", "crops", "failed", "seconds"}
@@ -255,8 +252,10 @@ def test_limit_spreads_over_classes(reference):
 
 
 # -- HTTP backend -------------------------------------------------------------------------------------------
-MODELS_BODY = {"name": "mock", "version": 3, "precision": "fp32", "provider": "CPUExecutionProvider",
-               "labels": [{"id": f"c{i}", "name": f"class {i}"} for i in range(6)]}
+MODELS_BODY = {"models": [{"name": "mock", "version": 3, "state": "READY", "ready": True, "default": True,
+                           "provider": "CPUExecutionProvider",
+                           "metadata": {"precision": "fp32",
+                                        "labels": [{"id": f"c{i}", "name": f"class {i}"} for i in range(6)]}}]}
 
 
 def _mock_backend(handler, **kwargs) -> HttpBackend:
@@ -329,43 +328,14 @@ def test_http_backend_isolates_a_bad_file_in_a_batch(tmp_path):
 
 
 # -- the real service -----------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def service_url(reference):
-    port = _free_port()
-    exe = Path(sys.executable).with_name("alexnet-serve")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "service.cli"]
-    proc = subprocess.Popen([*cmd, "--model-store", str(reference.root), "--model-name", "testnet",
-                             "--host", "127.0.0.1", "--port", str(port), "--providers", "CPUExecutionProvider",
-                             "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+def service_url(reference, tmp_path_factory):
+    server = start_server(reference.root, tmp_path_factory.mktemp("eval-serve") / "serve.log", "--providers",
+                          "CPUExecutionProvider")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"alexnet-serve exited with {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("alexnet-serve did not become ready in 60 s")
-            time.sleep(0.25)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(server)
 
 
 def test_http_and_in_process_backends_agree_image_by_image(reference, service_url, tmp_path, capsys):

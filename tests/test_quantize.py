@@ -115,6 +115,7 @@ def test_int8_is_a_new_version_with_precision_int8(exported, int8_store: ModelSt
 def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: ModelStore,
                                                          sample_images: list[Path]) -> None:
     from service.model import ClassifierModel
+    from service.pipeline import classify
 
     _root, fp32, _model = exported
     models = {}
@@ -122,9 +123,10 @@ def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: M
         models[v] = ClassifierModel(int8_store.resolve(fp32.name, v), providers=["CPUExecutionProvider"])
         models[v].load(warmup_batch=1)
     photos = [p.read_bytes() for p in sample_images[::4][:20]]
-    top = {v: [preds[0].index for preds in m.classify(photos, "ten", top_k=1)] for v, m in models.items()}
-    probs = {v: np.stack([m.predict(m.preprocess(b, "ten")).mean(axis=0) for b in photos[:5]])
-             for v, m in models.items()}
+    results = {v: classify(m, photos, top_k=1).images for v, m in models.items()}
+    top = {v: [image.schemes["ten"].top[0].index for image in images] for v, images in results.items()}
+    probs = {v: np.stack([image.schemes["ten"].probabilities for image in images[:5]])
+             for v, images in results.items()}
     assert np.abs(probs[1] - probs[2]).max() < 0.05
     assert len(set(top[1])) > 1  # the fp32 model's outputs are not uniform, so agreement means something
     agreement = np.mean(np.array(top[1]) == np.array(top[2]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import threading
 import time
 import warnings
@@ -17,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import reuse
 from PIL import Image, ImageOps
 
-from alexnet_store import StoreError
 from service.app import create_app
 from service.errors import Overloaded
-from service.model import ClassifierModel
 from service.runner import InferenceRunner, ThreadRunner
 from service.settings import Settings
 from training.presets import center_transform, ten_crop_transform
@@ -300,8 +300,8 @@ def test_limits_are_enforced_while_reading(exported, loaded_model):
     root, _, _ = exported
 
     async def scenario():
-        app = create_app(settings_for(root), model=loaded_model)
-        await app.state.service.load()
+        app = create_app(settings_for(root), loader=reuse(loaded_model))
+        await app.state.service.start()
         multipart = {"content-type": "multipart/form-data; boundary=b0undary"}
         # a file growing past max_file_bytes (2 MB): cut off right there, not at the end of the body
         status, body, consumed = await _asgi_post(app, multipart, _endless_file("huge.jpg"))
@@ -325,24 +325,10 @@ def test_limits_are_enforced_while_reading(exported, loaded_model):
 
 
 # -- readiness, load failures, the runner seam ---------------------------------------------------------
-class GatedModel(ClassifierModel):
-    """A ClassifierModel whose load waits for a gate, then reuses an already loaded session."""
-
-    def __init__(self, loaded: ClassifierModel, gate: threading.Event, fail: Exception | None = None) -> None:
-        super().__init__(loaded.version, providers=["CPUExecutionProvider"])
-        self._loaded, self._gate, self._fail = loaded, gate, fail
-
-    def load(self, warmup_batch: int = 10) -> None:
-        self._gate.wait(30)
-        if self._fail is not None:
-            raise self._fail
-        self.session = self._loaded.session
-
-
 def test_503_until_ready(exported, loaded_model):
     root, _, _ = exported
     gate = threading.Event()
-    app = create_app(settings_for(root, retry_after_seconds=2), model=GatedModel(loaded_model, gate))
+    app = create_app(settings_for(root, retry_after_seconds=2), loader=reuse(loaded_model, gate))
     with TestClient(app) as c:
         assert c.get("/health/live").status_code == 200
         r = c.get("/health/ready")
@@ -351,34 +337,41 @@ def test_503_until_ready(exported, loaded_model):
         r = post_files(c, ("a.png", png_bytes()))
         assert_error(r, 503, "loading")
         assert r.headers["retry-after"] == "2"
-        models = c.get("/v1/models").json()["models"][0]
-        assert models["ready"] is False and models["provider"] is None and models["state"] == "loading"
+        (model,) = c.get("/v1/models").json()["models"]
+        assert model["ready"] is False and model["provider"] is None and model["state"] == "LOADING"
         gate.set()
         wait_ready(c, timeout=10)
         assert post_files(c, ("a.png", png_bytes())).status_code == 200
 
 
-def test_failed_load_is_reported_not_hidden(exported, loaded_model, tmp_path):
-    root, _, _ = exported
-    gate = threading.Event()
-    gate.set()
-    broken = GatedModel(loaded_model, gate, fail=StoreError("model.onnx: sha256 does not match metadata"))
-    with TestClient(create_app(settings_for(root), model=broken)) as c:
-        for _ in range(100):
-            if c.app.state.service.state == "failed":
+def test_failed_load_is_reported_not_hidden(exported, tmp_path):
+    """A version whose model.onnx changed after export: the app's own load path finds the sha256 mismatch."""
+    root, version, _ = exported
+    broken = tmp_path / "store"
+    shutil.copytree(root, broken)
+    onnx_file = broken / "testnet" / "1" / version.metadata.onnx.file
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
+    onnx_file.write_bytes(bytes(data))
+    with TestClient(create_app(settings_for(broken, repository_poll_seconds=0))) as c:
+        for _ in range(200):
+            if c.app.state.service.repository.started:
                 break
             time.sleep(0.02)
-        assert_error(c.get("/health/ready"), 503, "failed to load", "sha256")
-        assert_error(c.get("/health/live"), 503, "failed to load")
-        assert_error(post_files(c, ("a.png", png_bytes())), 503, "failed to load")
+        body = assert_error(c.get("/health/ready"), 503, "no loadable version", "sha256", "does not match")
+        assert str(tmp_path) not in body["detail"]  # no server paths in answers
+        assert_error(c.get("/health/live"), 503, "nothing can be served")
+        assert_error(post_files(c, ("a.png", png_bytes())), 503, "no loadable version")
+        (entry,) = c.get("/v1/models").json()["models"]
+        assert entry["state"] == "UNAVAILABLE" and "sha256" in entry["reason"] and str(tmp_path) not in entry["reason"]
     (tmp_path / "empty").mkdir()
     with TestClient(create_app(settings_for(tmp_path / "empty"))) as c:
         for _ in range(200):
-            if c.app.state.service.state == "failed":
+            if c.app.state.service.repository.started:
                 break
             time.sleep(0.02)
         assert_error(c.get("/health/ready"), 503, "holds 0 models")
-        assert_error(c.get("/v1/models"), 503, "failed to load")
+        assert c.get("/v1/models").json() == {"models": []}
 
 
 class OverloadedRunner(InferenceRunner):
@@ -388,7 +381,8 @@ class OverloadedRunner(InferenceRunner):
 
 def test_runner_seam_and_overload_503(exported, loaded_model):
     root, _, _ = exported
-    app = create_app(settings_for(root), model=loaded_model, runner_factory=lambda m, metrics, s: OverloadedRunner())
+    app = create_app(settings_for(root), loader=reuse(loaded_model),
+                     runner_factory=lambda m, metrics, s: OverloadedRunner())
     with TestClient(app) as c:
         wait_ready(c, timeout=10)
         r = post_files(c, ("a.png", png_bytes()))
@@ -420,12 +414,17 @@ def test_models_endpoint_reports_metadata_and_actual_provider(client, exported):
     body = client.get("/v1/models").json()
     (m,) = body["models"]
     assert (m["name"], m["version"], m["ready"], m["num_classes"]) == ("testnet", version.version, True, 10)
-    assert m["provider"] == "CPUExecutionProvider" == client.app.state.service.model.session.get_providers()[0]
+    assert (m["state"], m["default"], m["path"]) == ("READY", True, "testnet/1")
+    session = client.app.state.service.repository.served["testnet"][1].model.session
+    assert m["provider"] == "CPUExecutionProvider" == session.get_providers()[0]
     assert m["requested_providers"] == ["CPUExecutionProvider"]
     assert m["metadata"]["preprocessing"]["crop_size"] == 224
     assert [lab["name"] for lab in m["metadata"]["labels"]][:2] == ["zero", "one"]
+    assert m["memory_bytes"] > 0 and m["load_seconds"] > 0
     assert client.get("/v1/models/testnet").json()["version"] == version.version
-    assert_error(client.get("/v1/models/other"), 404, "not served")
+    assert client.get("/v1/models/testnet/versions/1").json()["state"] == "READY"
+    assert_error(client.get("/v1/models/other"), 404, "no model named 'other'")
+    assert_error(client.get("/v1/models/testnet/versions/7"), 404, "has no version 7")
 
 
 def test_metrics_count_requests_images_and_inference(client):
@@ -460,7 +459,7 @@ def test_openapi_documents_the_upload_and_examples(client):
     op = spec["paths"]["/predict"]["post"]
     schema = op["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["properties"]["files"]["type"] == "array"
-    assert {p["name"] for p in op["parameters"]} == {"top_k", "crops"}
+    assert {p["name"] for p in op["parameters"]} == {"top_k", "crops", "model", "version"}
     assert "example" in op["responses"]["200"]["content"]["application/json"]
     assert {"400", "413", "415", "422", "503"} <= set(op["responses"])
     assert {"/health/live", "/health/ready", "/v1/models", "/metrics"} <= set(spec["paths"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser, check_model, load_settings, main
+from service.cli import build_parser, check_store, load_settings, main
 from service.settings import Settings
 
 
@@ -25,32 +25,33 @@ def clean_env(monkeypatch):
 def test_defaults():
     s = Settings(_env_file=None)
     assert s.model_store == Path("model_store")
-    assert (s.model_name, s.model_version, s.providers) == (None, None, ["auto"])
+    assert (s.models, s.version_policy, s.repository_poll_seconds, s.providers) == ([], "latest:1", 15.0, ["auto"])
     assert (s.host, s.port, s.workers, s.log_level) == ("127.0.0.1", 8000, 1, "info")
     assert s.provider_request is None
 
 
 def test_environment_variables_and_comma_separated_providers(monkeypatch):
     monkeypatch.setenv("ALEXNET_MODEL_STORE", "/srv/models")
-    monkeypatch.setenv("ALEXNET_MODEL_NAME", "alexnet")
-    monkeypatch.setenv("ALEXNET_MODEL_VERSION", "3")
+    monkeypatch.setenv("ALEXNET_MODELS", "alexnet, digits")
+    monkeypatch.setenv("ALEXNET_VERSION_POLICY", "latest:2; digits=specific:1,3")
     monkeypatch.setenv("ALEXNET_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
     monkeypatch.setenv("ALEXNET_PORT", "9000")
     monkeypatch.setenv("ALEXNET_WORKERS", "2")
     monkeypatch.setenv("ALEXNET_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("ALEXNET_MAX_FILE_BYTES", "1234")
     s = Settings()
-    assert (s.model_store, s.model_name, s.model_version) == (Path("/srv/models"), "alexnet", 3)
+    assert (s.model_store, s.models) == (Path("/srv/models"), ["alexnet", "digits"])
+    assert (str(s.policies.for_model("alexnet")), str(s.policies.for_model("digits"))) == ("latest:2", "specific:1,3")
     assert s.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert (s.port, s.workers, s.log_level, s.max_file_bytes) == (9000, 2, "debug", 1234)
     assert Settings(**{k.removeprefix("ALEXNET_").lower(): v for k, v in s.to_env().items()}) == s
 
 
 def test_empty_variables_count_as_unset(monkeypatch):
-    for name in ("MODEL_NAME", "MODEL_VERSION", "PROVIDERS", "WORKERS", "LOG_LEVEL"):
+    for name in ("MODELS", "VERSION_POLICY", "PROVIDERS", "WORKERS", "LOG_LEVEL"):
         monkeypatch.setenv(f"ALEXNET_{name}", "")
     s = Settings()
-    assert (s.model_name, s.model_version, s.providers, s.workers, s.log_level) == (None, None, ["auto"], 1, "info")
+    assert (s.models, s.version_policy, s.providers, s.workers, s.log_level) == ([], "latest:1", ["auto"], 1, "info")
 
 
 def test_flags_override_environment(monkeypatch):
@@ -72,6 +73,11 @@ def test_invalid_settings_are_one_line_errors(monkeypatch, capsys):
     monkeypatch.delenv("ALEXNET_PORT")
     assert main(["--providers", "auto,CPUExecutionProvider"]) == 2
     assert "'auto' cannot be combined" in capsys.readouterr().err
+    assert main(["--version-policy", "newest"]) == 2
+    assert "invalid version policy 'newest': use 'latest', 'latest:N', 'all' or 'specific:V1,V2,...'" in \
+        capsys.readouterr().err
+    assert main(["--models", "ok,../etc"]) == 2
+    assert "invalid model name '../etc'" in capsys.readouterr().err
 
 
 def _error(capsys, *argv: str) -> str:
@@ -81,31 +87,47 @@ def _error(capsys, *argv: str) -> str:
     return err
 
 
-def test_missing_empty_or_broken_store(exported, tmp_path, capsys):
-    root, version, _ = exported
+def test_missing_empty_or_unknown_models(exported, tmp_path, capsys):
+    root, _, _ = exported
     err = _error(capsys, "--model-store", str(tmp_path / "nope"))
     assert "does not exist" in err and "make demo" in err
     (tmp_path / "empty").mkdir()
     err = _error(capsys, "--model-store", str(tmp_path / "empty"))
     assert f"model store {tmp_path / 'empty'} holds no models — run `make demo` or alexnet-export" in err
-    assert "no model named 'other'" in _error(capsys, "--model-store", str(root), "--model-name", "other")
-    assert "has no version 99" in _error(capsys, "--model-store", str(root), "--model-version", "99")
+    err = _error(capsys, "--model-store", str(root), "--models", "testnet,other")
+    assert "has no model named 'other' (models there: testnet)" in err
     err = _error(capsys, "--model-store", str(root), "--providers", "NoSuchExecutionProvider")
     assert "not in this onnxruntime build" in err
-    # a version whose ONNX file changed after export
+
+
+def test_check_store_names_the_models(exported):
+    root, _, _ = exported
+    assert check_store(Settings(_env_file=None, model_store=root)) == ["testnet"]
+    assert check_store(Settings(_env_file=None, model_store=root, models=["testnet"])) == ["testnet"]
+
+
+def test_help_is_derived_from_the_settings():
+    text = build_parser().format_help()
+    description = Settings.model_fields["repository_poll_seconds"].description
+    assert " ".join(description.split()[:6]) in " ".join(text.split())
+    assert "env ALEXNET_VERSION_POLICY; default latest:1" in " ".join(text.split())
+
+
+def test_a_model_with_no_loadable_version_exits_3(exported, tmp_path):
+    """The CLI's checks pass, the worker's repository finds the sha256 mismatch, reports it and exits (status 3)."""
+    _, version, _ = exported
     broken = tmp_path / "broken"
     shutil.copytree(version.path, broken / "testnet" / "1")
     with open(broken / "testnet" / "1" / "model.onnx", "r+b") as fh:
         fh.seek(1000)
         fh.write(b"\x00" * 16)
-    assert "does not match metadata" in _error(capsys, "--model-store", str(broken))
-    (broken / "testnet" / "1" / "metadata.json").write_text("{not json")
-    assert "not valid JSON" in _error(capsys, "--model-store", str(broken))
-
-
-def test_check_model_pins_the_newest_version(exported):
-    root, version, _ = exported
-    assert check_model(Settings(_env_file=None, model_store=root)).path == version.path
+    exe = shutil.which("alexnet-serve", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "service.cli"]
+    done = subprocess.run([*cmd, "--model-store", str(broken), "--port", "0", "--providers", "CPUExecutionProvider"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "model testnet version 1 failed to load" in done.stderr and "does not match metadata" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_real_process_exits_2_with_one_line(tmp_path):

@@ -36,7 +36,9 @@ def test_serves_predict_models_and_health(server):
         r = c.post("/predict", files=files(*photos, ("g.png", image("PNG")), ("w.webp", image("WEBP"))))
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["model"] == ready["model"] and body["model"]["name"] == "testnet"
+        (served,) = ready["models"]
+        assert body["model"] == {"name": served["name"], "version": served["version"]} == {"name": "testnet",
+                                                                                           "version": 1}
         assert [x["filename"] for x in body["results"]] == ["china.jpg", "flower.jpg", "g.png", "w.webp"]
         for result in body["results"]:
             probs = [p["probability"] for p in result["predictions"]]
@@ -46,10 +48,10 @@ def test_serves_predict_models_and_health(server):
         assert single["crops"] == "center" and len(single["results"][0]["predictions"]) == 2
 
         (model,) = c.get("/v1/models").json()["models"]
-        assert model["ready"] and model["num_classes"] == 10
+        assert model["ready"] and model["num_classes"] == 10 and model["default"]
         # the provider the session really runs on: CUDA only where it truly works, whatever ORT lists
         expected = "CUDAExecutionProvider" if cuda_provider_works() else "CPUExecutionProvider"
-        assert model["provider"] == ready["provider"] == body["provider"] == expected
+        assert model["provider"] == served["provider"] == body["provider"] == expected
         assert c.get("/docs").status_code == 200
 
 

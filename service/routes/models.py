@@ -1,45 +1,47 @@
-"""The served model: its metadata and the execution provider the ONNX Runtime session actually uses."""
+"""The repository's models and versions: metadata, state, and the execution provider each actually runs on."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from service.errors import NotReady, ServiceError
-from service.routes import get_state
+from service.repository import ModelRepository, VersionStatus
+from service.routes.deps import StateDep
 from service.schemas import ErrorBody, ModelList, ServedModel
 from service.state import ServiceState
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _served(state: ServiceState) -> ServedModel:
-    version = state.version if state.model is None else state.model.version
-    if version is None:  # still resolving the store, or the store itself is broken
-        if state.state == "failed":
-            raise NotReady(f"the model failed to load: {state.error}", reason="load_failed")
-        raise NotReady("the model is still loading; retry shortly", reason="loading")
-    model = state.model
-    meta = version.metadata
-    return ServedModel(
-        name=meta.name, version=meta.version, ready=state.ready, state=state.state,
-        provider=model.provider if model is not None and model.ready else None,
-        requested_providers=state.requested_providers, available_providers=state.available_providers(),
-        num_classes=meta.num_classes, path=str(version.path), metadata=meta.to_dict(),
-    )
+def describe(state: ServiceState, status: VersionStatus) -> ServedModel:
+    repository: ModelRepository = state.repository
+    served = repository.served.get(status.name, {}).get(status.version)
+    common = {"name": status.name, "version": status.version, "state": status.state, "reason": status.reason,
+              "default": status.default, "path": f"{status.name}/{status.version}",
+              "requested_providers": state.requested_providers, "available_providers": state.available_providers()}
+    if served is None:
+        return ServedModel(ready=False, **common)
+    meta = served.entry.metadata
+    return ServedModel(ready=True, provider=served.model.provider, num_classes=meta.num_classes,
+                       load_seconds=round(served.load_seconds, 3), memory_bytes=served.memory_bytes,
+                       metadata=meta.to_dict(), **common)
 
 
-@router.get("", response_model=ModelList, summary="The served model, its metadata and active provider",
-            responses={503: {"model": ErrorBody}})
-async def list_models(state: Annotated[ServiceState, Depends(get_state)]) -> ModelList:
-    return ModelList(models=[_served(state)])
+@router.get("", response_model=ModelList, summary="Every model and version the repository knows, with its state")
+async def list_models(state: StateDep) -> ModelList:
+    return ModelList(models=[describe(state, s) for s in state.repository.index()])
 
 
-@router.get("/{name}", response_model=ServedModel, summary="One served model by name",
+@router.get("/{name}", response_model=ServedModel, summary="A model's default version (its newest loaded one)",
             responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-async def get_model(name: str, state: Annotated[ServiceState, Depends(get_state)]) -> ServedModel:
-    served = _served(state)
-    if served.name != name:
-        raise ServiceError(f"model {name!r} is not served here (this service serves {served.name!r})", status=404)
-    return served
+async def get_model(name: str, state: StateDep) -> ServedModel:
+    served = state.repository.resolve(name, None)
+    return describe(state, state.repository.status(name, served.entry.version))
+
+
+@router.get("/{name}/versions/{version}", response_model=ServedModel, summary="One version of a model",
+            responses={404: {"model": ErrorBody}})
+async def get_version(name: str, version: int, state: StateDep) -> ServedModel:
+    statuses = [s for s in state.repository.index(name) if s.version == version]
+    if not statuses:
+        state.repository.resolve(name, version)  # raises the 404 that says what is there
+    return describe(state, statuses[0])

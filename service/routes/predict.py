@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated
 
-import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from service.errors import ImageRejected, ServiceError, Unprocessable
-from service.preprocess import CROPS_PER_SCHEME, CropScheme, ImageError
-from service.routes import get_state
+from service.preprocess import CropScheme
+from service.routes.deps import StateDep
 from service.schemas import ErrorBody, ImageInfo, ImageResult, ModelRef, Prediction, PredictResponse, Timing
-from service.state import ServiceState
 from service.uploads import read_uploads
 
 router = APIRouter(tags=["predict"])
@@ -58,8 +55,12 @@ _RESPONSES = {
     415: _error("a file is not an image in a supported format, or the body is not multipart/form-data",
                 "file 'notes.txt': not a supported image (accepted: JPEG, PNG, WEBP, BMP, GIF, TIFF)",
                 "notes.txt", "unsupported"),
-    422: _error("no file, an empty file, top_k out of range or an unknown crops value",
-                "query parameter 'top_k': must be between 1 and 1000 (the model's classes), got 0"),
+    404: _error("no such model, or the version asked for is not loaded",
+                "version 1 of model 'alexnet' is not served (unavailable: not selected by the version policy "
+                "latest:1; loaded: [2])", reason="version_not_served"),
+    422: _error("no file, an empty file, top_k out of range, an unknown crops value, or no model named where the "
+                "service serves several", "query parameter 'top_k': must be between 1 and 1000 (the model's "
+                "classes), got 0"),
     503: _error("the model is still loading, or the service is overloaded (Retry-After is set)",
                 "the model is still loading; retry shortly", reason="loading"),
 }
@@ -90,7 +91,9 @@ _REQUEST_BODY = {
     description=(
         "Upload images as multipart/form-data in the repeatable field `files` (or `file` for one). Each gets "
         "its top-k classes, softmax averaged over the ten patches of the paper (`crops=ten`) or from the "
-        "single centre patch (`crops=center`). Results come in upload order; predictions highest first.\n\n"
+        "single centre patch (`crops=center`). Results come in upload order; predictions highest first. "
+        "`model` and `version` choose what answers (default: the only model, its newest loaded version); the "
+        "answer names the model and version that produced it.\n\n"
         "All images of a request are classified together (in model runs shared with concurrent requests: "
         "dynamic batching). **One bad file fails the whole request** (4xx naming that file, nothing is "
         "classified): a request is all-or-nothing, so a client never has to match partial results to its files."
@@ -100,63 +103,55 @@ _REQUEST_BODY = {
 )
 async def predict(
     request: Request,
-    state: Annotated[ServiceState, Depends(get_state)],
+    state: StateDep,
     top_k: Annotated[int, Query(ge=1, description="classes per image, 1..number of classes", examples=[5])] = 5,
-    crops: Annotated[CropScheme, Query(description="`ten`: the paper's ten patches; `center`: the centre patch",
-                                       examples=["ten"])] = "ten",
+    crops: Annotated[CropScheme | None, Query(
+        description="`ten`: the paper's ten patches; `center`: the centre patch; default: the model's own scheme "
+                    "(its metadata's `preprocessing.crops`)", examples=["ten"])] = None,
+    model: Annotated[str | None, Query(description="model name; may be omitted when the service serves one model",
+                                       examples=["alexnet"])] = None,
+    version: Annotated[int | None, Query(ge=1, description="model version; default: the newest loaded one",
+                                         examples=[2])] = None,
 ) -> PredictResponse:
     start = time.perf_counter()
-    model, runner = state.require_ready()
     metrics = state.metrics
-    num_classes = model.metadata.num_classes
-    if top_k > num_classes:
-        raise Unprocessable(
-            f"query parameter 'top_k': must be between 1 and {num_classes} (the model's classes), got {top_k}",
-            reason="top_k")
+    async with state.repository.lease(model, version) as served:
+        pipeline = served.pipeline
+        if top_k > pipeline.num_classes:
+            raise Unprocessable(
+                f"query parameter 'top_k': must be between 1 and {pipeline.num_classes} (the model's classes), "
+                f"got {top_k}", reason="top_k")
+        scheme = crops or pipeline.preprocessing.crops
+        try:
+            uploads = await read_uploads(request, state.upload_limits)
+        except ServiceError as exc:
+            reason = exc.extra.get("reason")
+            if reason in _FILE_REASONS:
+                metrics.images_rejected.labels(reason).inc()
+            raise
+        read_done = time.perf_counter()
+        metrics.request_images.observe(len(uploads))
+        result = await pipeline([u.data for u in uploads], schemes=(scheme,), top_k=top_k)
 
-    try:
-        uploads = await read_uploads(request, state.upload_limits)
-    except ServiceError as exc:
-        reason = exc.extra.get("reason")
-        if reason in _FILE_REASONS:
-            metrics.images_rejected.labels(reason).inc()
-        raise
-    read_done = time.perf_counter()
-    metrics.request_images.observe(len(uploads))
-
-    outcomes = await asyncio.gather(*(state.prepare(model, u.data, crops) for u in uploads), return_exceptions=True)
-    for upload, outcome in zip(uploads, outcomes, strict=True):
-        if isinstance(outcome, ImageError):  # the first bad file in upload order fails the request
-            metrics.images_rejected.labels(outcome.reason).inc()
-            raise ImageRejected(upload.filename, outcome)
-        if isinstance(outcome, BaseException):
-            raise outcome
-    prepared_done = time.perf_counter()
-
-    parts = [prepared.patches for prepared, _ in outcomes]
-    patches = parts[0] if len(parts) == 1 else np.concatenate(parts)  # one image: no copy
-    probs = await runner.infer(patches)
-    inferred = time.perf_counter()
-
-    n = CROPS_PER_SCHEME[crops]
-    ids = [label.id for label in model.metadata.labels]
-    results = []
-    for i, (upload, (prepared, seconds)) in enumerate(zip(uploads, outcomes, strict=True)):
-        top = model.postprocess(probs[i * n:(i + 1) * n], top_k)
-        results.append(ImageResult(
+    bad = result.first_error()
+    if bad is not None:  # the first bad file in upload order fails the request
+        raise ImageRejected(uploads[bad.position].filename, bad.error)
+    results = [
+        ImageResult(
             filename=upload.filename,
-            predictions=[Prediction(index=p.index, label=p.label, id=ids[p.index], probability=p.probability)
-                         for p in top],
-            image=ImageInfo(format=prepared.format, width=prepared.width, height=prepared.height),
-            preprocess_ms=round(1000 * seconds, 3),
-        ))
-    metrics.images.labels(crops).inc(len(uploads))
+            predictions=[Prediction(index=p.index, label=p.label, id=p.id, probability=p.probability)
+                         for p in image.schemes[scheme].top],
+            image=ImageInfo(format=image.format, width=image.width, height=image.height),
+            preprocess_ms=round(1000 * image.preprocess_seconds, 3),
+        )
+        for upload, image in zip(uploads, result.images, strict=True)
+    ]
     done = time.perf_counter()
     return PredictResponse(
-        model=ModelRef(name=model.metadata.name, version=model.metadata.version),
-        crops=crops, top_k=top_k, provider=model.provider, results=results,
+        model=ModelRef(name=result.name, version=result.version), crops=scheme, top_k=top_k,
+        provider=result.provider, results=results,
         timing=Timing(read_ms=round(1000 * (read_done - start), 3),
-                      preprocess_ms=round(1000 * (prepared_done - read_done), 3),
-                      inference_ms=round(1000 * (inferred - prepared_done), 3),
+                      preprocess_ms=round(1000 * result.preprocess_seconds, 3),
+                      inference_ms=round(1000 * result.inference_seconds, 3),
                       total_ms=round(1000 * (done - start), 3)),
     )

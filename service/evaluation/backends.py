@@ -3,10 +3,10 @@
 Both backends produce the same `ImageResult` per image (the top-k class indices and probabilities for each
 crop scheme, or the reason the image could not be used), so the metrics code never knows which one ran.
 
-- `InProcessBackend` runs `service.model.ClassifierModel` — the service's own session, serving graph and
-  postprocessing — on patches cut by `service.preprocess` (the functions the service calls). With
-  ``--crops both`` an image is decoded and resized once and both patch sets are cut from that square.
-  Files are read and decoded on a thread pool (Pillow and NumPy release the GIL) while the model runs.
+- `InProcessBackend` runs the service's own `Pipeline` (service/pipeline.py: decode, patches, dynamic batching,
+  the serving graph, averaging, top-k) on a model loaded in this process. With ``--crops both`` an image is
+  decoded and resized once and both patch sets are cut from that square. Files are read and decoded in worker
+  threads (Pillow and NumPy release the GIL) while the model runs. It needs ONNX Runtime, not the web stack.
 - `HttpBackend` posts batches of files to ``POST /predict`` (multipart field ``files``) with a bounded
   number of requests in flight, retrying with exponential backoff on 503/502/504/429 (``Retry-After`` is
   honoured) and on connection errors. The service fails a whole request when one of its files is bad, so
@@ -19,17 +19,13 @@ import asyncio
 import os
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from alexnet_store import Label, ModelStore, ModelVersion, StoreError
-from service.eval_data import Sample
+from service.evaluation.data import Sample
 
 TOP_K = 5
 SCHEMES = ("ten", "center")
@@ -95,6 +91,8 @@ def default_workers() -> int:
 
 # -- in-process -------------------------------------------------------------------------------------------
 class InProcessBackend:
+    """The service's own pipeline (service/pipeline.py) and dynamic batcher, on a model loaded in this process."""
+
     kind = "in-process"
 
     def __init__(self, model_store: Path, name: str | None = None, version: int | None = None,
@@ -134,60 +132,51 @@ class InProcessBackend:
     def evaluate(self, samples: Sequence[Sample], schemes: Sequence[str], on_result: ResultCallback) -> None:
         if self.model is None:
             raise RuntimeError("start() the backend first")
-        window = self.batch_size * 2 + self.workers  # decoded images held ahead of the model, at most
-        pending: deque[tuple[int, Sample, Future]] = deque()
-        batch: list[tuple[int, Sample, list[np.ndarray]]] = []
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="eval-decode") as pool:
-            queue = iter(enumerate(samples))
-            for position, sample in queue:
-                pending.append((position, sample, pool.submit(self._patches, sample.path, schemes)))
-                if len(pending) < window:
-                    continue
-                self._drain(pending, batch, schemes, on_result, until=window // 2)
-            self._drain(pending, batch, schemes, on_result, until=0)
-            if batch:
-                self._run_batch(batch, schemes, on_result)
+        asyncio.run(self._evaluate(samples, schemes, on_result))
 
-    def _drain(self, pending, batch, schemes, on_result, until: int) -> None:
-        while len(pending) > until:
-            position, sample, future = pending.popleft()
-            patches = future.result()
-            if isinstance(patches, str):
-                on_result(ImageResult(position, sample.path, sample.target, error=patches))
-                continue
-            batch.append((position, sample, patches))
-            if len(batch) >= self.batch_size:
-                self._run_batch(batch, schemes, on_result)
-                batch.clear()
+    async def _evaluate(self, samples: Sequence[Sample], schemes: Sequence[str], on_result: ResultCallback) -> None:
+        """One pipeline call per image, many in flight: the batcher gathers them into runs of `batch_size` images
+        while the next ones are read and decoded, exactly as concurrent requests are in the service."""
+        import anyio
+        import anyio.to_thread
 
-    def _patches(self, path: Path, schemes: Sequence[str]) -> list[np.ndarray] | str:
-        """File → one patch array per scheme (decoded once), or the reason it cannot be used."""
-        from service.preprocess import ImageError, crop_patches, decode_image, resize_square
+        from service.batching import BatchingRunner
+        from service.metrics import Metrics
+        from service.pipeline import Pipeline
+        from service.preprocess import CROPS_PER_SCHEME
 
-        pre = self.model.metadata.preprocessing
+        patches = sum(CROPS_PER_SCHEME[s] for s in schemes)
+        runner = BatchingRunner(self.model, Metrics(), max_batch=self.batch_size * patches, max_queued=0)
+        pipeline = Pipeline(self.model, runner, decode_limiter=anyio.CapacityLimiter(self.workers))
+        queue = iter(enumerate(samples))
+
+        async def one(position: int, sample: Sample) -> ImageResult:
+            try:
+                data = await anyio.to_thread.run_sync(sample.path.read_bytes)
+            except OSError as exc:
+                return ImageResult(position, sample.path, sample.target, error=f"cannot read the file: "
+                                                                               f"{exc.strerror or exc}")
+            try:
+                result = await pipeline([data], schemes=schemes, top_k=TOP_K, all_or_nothing=False)
+            except Exception as exc:  # one odd file must not end a run over thousands: report it with the rest
+                return ImageResult(position, sample.path, sample.target, error=f"{type(exc).__name__}: {exc}")
+            image = result.images[0]
+            if image.error is not None:
+                return ImageResult(position, sample.path, sample.target, error=str(image.error))
+            return ImageResult(position, sample.path, sample.target, {
+                s: TopK(tuple(p.index for p in r.top), tuple(p.probability for p in r.top))
+                for s, r in image.schemes.items()})
+
+        async def worker() -> None:
+            for position, sample in queue:  # one shared iterator: each sample is taken by exactly one worker
+                on_result(await one(position, sample))
+
+        await runner.start()
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return f"cannot read the file: {exc.strerror or exc}"
-        try:
-            square = resize_square(decode_image(data, pre.resize_size, self.model.limits), pre.resize_size)
-            return [crop_patches(square, pre.crop_size, scheme) for scheme in schemes]
-        except ImageError as exc:
-            return str(exc)
-        except Exception as exc:  # one odd file must not end a run over thousands: report it with the rest
-            return f"{type(exc).__name__}: {exc}"
-
-    def _run_batch(self, batch, schemes: Sequence[str], on_result: ResultCallback) -> None:
-        """One model run for every patch of every image and scheme in the batch, then the service's postprocess."""
-        probs = self.model.predict(np.concatenate([p for _, _, patches in batch for p in patches]))
-        offset = 0
-        for position, sample, patches in batch:
-            topk = {}
-            for scheme, p in zip(schemes, patches, strict=True):
-                preds = self.model.postprocess(probs[offset:offset + len(p)], TOP_K)
-                topk[scheme] = TopK(tuple(x.index for x in preds), tuple(x.probability for x in preds))
-                offset += len(p)
-            on_result(ImageResult(position, sample.path, sample.target, topk))
+            # enough images in flight to keep a batch decoding while the previous one runs
+            await asyncio.gather(*(worker() for _ in range(self.batch_size * 2 + self.workers)))
+        finally:
+            await runner.stop()
 
     def close(self) -> None:
         self.model = None
@@ -201,10 +190,11 @@ CONNECT_GRACE_S = 3.0  # a service that was just started may not be listening ye
 class HttpBackend:
     kind = "http"
 
-    def __init__(self, url: str, workers: int | None = None, batch_size: int = 8, retries: int = 6,
-                 backoff: float = 0.5, max_backoff: float = 30.0, timeout: float = 300.0,
-                 ready_timeout: float = 60.0, transport: Any = None) -> None:
+    def __init__(self, url: str, name: str | None = None, version: int | None = None, workers: int | None = None,
+                 batch_size: int = 8, retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
+                 timeout: float = 300.0, ready_timeout: float = 60.0, transport: Any = None) -> None:
         self.url = url.rstrip("/")
+        self.name, self.version = name, version  # None: the service's only model, its default version
         self.transport = transport  # an httpx transport (tests pass httpx.MockTransport); None: the network
         self.workers = workers or 4
         self.batch_size = batch_size
@@ -214,8 +204,16 @@ class HttpBackend:
         self.retried = 0  # requests answered 503/429/5xx or lost to a connection error, then retried
 
     # -- setup (synchronous: it runs before the progress bar) ------------------------------------------------
+    @property
+    def models_path(self) -> str:
+        if self.name is None:
+            return "/v1/models"
+        return f"/v1/models/{self.name}" + (f"/versions/{self.version}" if self.version is not None else "")
+
     def describe(self) -> ModelInfo:
-        """GET /v1/models, waiting while the service answers 503 (still loading) for up to `ready_timeout`."""
+        """GET /v1/models[/NAME[/versions/V]], waiting while the service answers 503 (still loading) for up to
+        `ready_timeout`. Later requests name the model and version found here, so a rollover during the run
+        cannot mix two versions' answers."""
         if self._info is None:
             import httpx
 
@@ -224,7 +222,7 @@ class HttpBackend:
                 while True:
                     waited = time.monotonic() - start
                     try:
-                        response = client.get(f"{self.url}/v1/models")
+                        response = client.get(self.url + self.models_path)
                     except httpx.TransportError as exc:
                         if waited > CONNECT_GRACE_S:
                             raise BackendError(f"cannot reach the service at {self.url}: {exc}") from exc
@@ -232,8 +230,8 @@ class HttpBackend:
                         if response.status_code == 200:
                             break
                         if response.status_code != 503 or waited > self.ready_timeout:
-                            raise BackendError(f"GET {self.url}/v1/models answered {response.status_code}: "
-                                               f"{_detail(response)}")
+                            raise BackendError(f"GET {self.url}{self.models_path} answered "
+                                               f"{response.status_code}: {_detail(response)}")
                     time.sleep(0.5)
             self._info = parse_model_info(response.json())
         return self._info
@@ -332,7 +330,8 @@ class HttpBackend:
         for attempt in range(self.retries + 1):
             try:
                 response = await client.post(
-                    "/predict", params={"crops": scheme, "top_k": top_k},
+                    "/predict", params={"crops": scheme, "top_k": top_k, "model": self._info.name,
+                                        "version": self._info.version},
                     files=[("files", (name, data, "application/octet-stream")) for name, data in files],
                 )
             except httpx.TransportError as exc:
@@ -381,37 +380,20 @@ def _parse_results(response, expected: int) -> list[TopK]:
 
 
 def parse_model_info(body: Any) -> ModelInfo:
-    """`GET /v1/models` → ModelInfo; accepts the metadata at the top level or under a `model`/`metadata` key."""
-    candidates = [body]
-    if isinstance(body, dict):
-        candidates += [body.get(k) for k in ("model", "metadata", "data")]
-        candidates += [v for k in ("models", "data") if isinstance(body.get(k), list) for v in body[k]]
-    found = None
-    for c in candidates:
-        if isinstance(c, dict) and isinstance(c.get("labels"), list):
-            found = c
-            break
-        if isinstance(c, dict) and isinstance(c.get("metadata"), dict) and "labels" in c["metadata"]:
-            found = {**c, **c["metadata"]}
-            break
-    if found is None:
-        raise BackendError("GET /v1/models has no 'labels' list: cannot match classes to the model")
+    """`GET /v1/models` (the only model's default version) or `/v1/models/NAME[/versions/V]` → ModelInfo."""
+    if isinstance(body, dict) and isinstance(body.get("models"), list):
+        served = [m for m in body["models"] if isinstance(m, dict) and m.get("default")]
+        names = sorted({str(m.get("name")) for m in served})
+        if len(served) != 1:
+            raise BackendError("the service serves " + (f"several models ({', '.join(names)}): choose one with "
+                                                         "--model-name" if served else "no ready model"))
+        body = served[0]
+    if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+        raise BackendError("GET /v1/models: the model has no metadata (is the version loaded?)")
+    metadata = body["metadata"]
     try:
-        labels = tuple(Label(id=str(lab["id"]), name=str(lab["name"])) if isinstance(lab, dict)
-                       else Label(id=str(lab), name=str(lab)) for lab in found["labels"])
-    except KeyError as exc:
-        raise BackendError(f"GET /v1/models: a label lacks {exc}") from exc
-    provider = _first(body, found, key="provider") or "unknown"
-    precision = _first(body, found, key="precision") or "fp32"
-    return ModelInfo(str(found.get("name", "?")), int(found.get("version", 0)), str(precision), str(provider), labels)
-
-
-def _first(*dicts: Any, key: str) -> Any:
-    for d in dicts:
-        if isinstance(d, dict):
-            if d.get(key) is not None:
-                return d[key]
-            for v in d.values():
-                if isinstance(v, dict) and v.get(key) is not None:
-                    return v[key]
-    return None
+        labels = tuple(Label(id=str(lab["id"]), name=str(lab["name"])) for lab in metadata["labels"])
+        return ModelInfo(str(body["name"]), int(body["version"]), str(metadata.get("precision", "fp32")),
+                         str(body.get("provider") or "unknown"), labels)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackendError(f"GET /v1/models: unexpected model description ({exc!r})") from exc

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_store import Label
-from service.eval_backends import ImageResult, ModelInfo
+from service.evaluation.backends import ImageResult, ModelInfo
 
 
 class SchemeStats:

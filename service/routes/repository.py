@@ -1,0 +1,61 @@
+"""Triton's model repository extension: the index, and explicit load and unload of a model.
+
+    POST /v2/repository/index                   every model and version, with its state and reason
+    POST /v2/repository/models/{name}/load      load the model now by its version policy (again trying
+                                                versions that failed); 200 once a version serves
+    POST /v2/repository/models/{name}/unload    stop serving it once its requests finish; polling leaves it
+                                                unloaded until the next load
+
+With several workers each has its own repository, so load and unload answer 409 there (polling keeps the
+workers in step instead).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path
+
+from service.errors import BadRequest, ServiceError
+from service.repository import VersionStatus
+from service.routes.deps import StateDep
+from service.schemas import IndexEntry, V2Error
+
+router = APIRouter(prefix="/v2/repository", tags=["repository"])
+
+ModelName = Annotated[str, Path(description="model name", examples=["alexnet"])]
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2Error} for code in (400, 404, 409)}
+
+
+def _entries(statuses: list[VersionStatus]) -> list[IndexEntry]:
+    return [IndexEntry(name=s.name, version=str(s.version), state=s.state, reason=s.reason) for s in statuses]
+
+
+@router.post("/index", response_model=list[IndexEntry], summary="Every model and version, with its state")
+async def index(state: StateDep, body: Annotated[dict[str, Any] | None, Body(
+        examples=[{"ready": True}], description='`{"ready": true}`: only the versions that are READY')] = None,
+                ) -> list[IndexEntry]:
+    statuses = state.repository.index()
+    if body and body.get("ready"):
+        statuses = [s for s in statuses if s.state == "READY"]
+    return _entries(statuses)
+
+
+@router.post("/models/{name}/load", summary="Load a model now (by its version policy)", responses=ERRORS)
+async def load(name: ModelName, state: StateDep) -> dict[str, Any]:
+    state.require_control()
+    try:
+        await state.repository.load(name)
+    except ServiceError as exc:
+        if exc.status == 503:  # Triton answers a model that will not load with 400
+            raise BadRequest(exc.detail, reason="load_failed") from exc
+        raise
+    return {}
+
+
+@router.post("/models/{name}/unload", summary="Unload every version of a model once its requests finish",
+             responses=ERRORS)
+async def unload(name: ModelName, state: StateDep) -> dict[str, Any]:
+    state.require_control()
+    await state.repository.unload(name)
+    return {}

@@ -1,0 +1,206 @@
+"""The Open Inference Protocol (KServe v2 REST, as Triton implements it): server, model and inference endpoints.
+
+Each endpoint translates its wire format only: the health answers come from the same functions as
+``/health/*``, the models from the repository, and ``infer`` runs the same `Pipeline` as ``POST /predict``
+(service/oip.py parses and encodes the tensors). Errors are ``{"error": "..."}`` (service/handlers.py), with
+the status codes ``/predict`` uses (400, 404, 413, 415, 503 with Retry-After).
+
+Both ready answers carry the status code *and* the body, because the stock clients disagree on which they
+read: tritonclient looks at the status, KServe's client at ``{"ready": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.app_info import SERVER_NAME, VERSION
+from service.errors import ServiceError
+from service.oip import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    INPUT_DATATYPE,
+    INPUT_NAME,
+    OUTPUT_DATATYPE,
+    OUTPUT_NAME,
+    PLATFORM,
+    encode_infer_response,
+    parse_infer_request,
+)
+from service.repository import ServedVersion
+from service.routes.deps import RepositoryDep, StateDep
+from service.routes.health import require_live
+from service.schemas import (
+    InferRequestBody,
+    InferResponseBody,
+    ModelReady,
+    ServerMetadata,
+    TensorMetadata,
+    V2Error,
+    V2Live,
+    V2ModelMetadata,
+    V2Ready,
+)
+from service.state import ServiceState
+from service.uploads import read_body
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+ModelName = Annotated[str, Path(description="model name", examples=["alexnet"])]
+Version = Annotated[int, Path(ge=1, description="model version", examples=[2])]
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2Error} for code in (400, 404, 413, 415, 503)}
+
+
+@router.get("", response_model=ServerMetadata, summary="Server metadata: name, version, extensions")
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name=SERVER_NAME, version=VERSION, extensions=list(EXTENSIONS))
+
+
+@router.get("/health/live", response_model=V2Live, summary="The server is live", responses=ERRORS)
+async def server_live(state: StateDep) -> V2Live:
+    require_live(state)
+    return V2Live()
+
+
+def _not_ready(state: ServiceState, reason: str, **body: Any) -> JSONResponse:
+    return JSONResponse({**body, "ready": False, "error": reason}, status_code=503,
+                        headers={"Retry-After": str(state.settings.retry_after_seconds)})
+
+
+@router.get("/health/ready", response_model=V2Ready, summary="Every served model has a ready version",
+            responses=ERRORS)
+async def server_ready(state: StateDep) -> Any:
+    if not state.repository.ready:
+        return _not_ready(state, state.repository.not_ready_reason())
+    return V2Ready()
+
+
+# -- models ------------------------------------------------------------------------------------------------
+def _metadata(served: ServedVersion, versions: list[int]) -> V2ModelMetadata:
+    return V2ModelMetadata(
+        name=served.entry.name, versions=[str(v) for v in versions], platform=PLATFORM,
+        inputs=[TensorMetadata(name=INPUT_NAME, datatype=INPUT_DATATYPE, shape=[-1, 1])],
+        outputs=[TensorMetadata(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE,
+                                shape=[-1, served.pipeline.num_classes])])
+
+
+@router.get("/models/{model}", response_model=V2ModelMetadata, summary="Model metadata", responses=ERRORS)
+async def model_metadata(model: ModelName, repository: RepositoryDep) -> V2ModelMetadata:
+    served = repository.resolve(model, None)
+    return _metadata(served, sorted(repository.served.get(model, {})))
+
+
+@router.get("/models/{model}/versions/{version}", response_model=V2ModelMetadata, summary="Model version metadata",
+            responses=ERRORS)
+async def version_metadata(model: ModelName, version: Version, repository: RepositoryDep) -> V2ModelMetadata:
+    return _metadata(repository.resolve(model, version), [version])
+
+
+async def _ready(state: ServiceState, model: str, version: int | None) -> Any:
+    try:
+        state.repository.resolve(model, version)
+    except ServiceError as exc:
+        if exc.status != 503:
+            raise
+        return _not_ready(state, exc.detail, name=model)
+    return ModelReady(name=model)
+
+
+@router.get("/models/{model}/ready", response_model=ModelReady, summary="The model has a ready version",
+            responses=ERRORS)
+async def model_ready(model: ModelName, state: StateDep) -> Any:
+    return await _ready(state, model, None)
+
+
+@router.get("/models/{model}/versions/{version}/ready", response_model=ModelReady,
+            summary="The model version is ready", responses=ERRORS)
+async def version_ready(model: ModelName, version: Version, state: StateDep) -> Any:
+    return await _ready(state, model, version)
+
+
+def _config(state: ServiceState, served: ServedVersion) -> dict[str, Any]:
+    """Triton's model configuration, with the fields its example clients read (max_batch_size, input, output)."""
+    policy = state.repository.policies.for_model(served.entry.name)
+    pre = served.pipeline.preprocessing
+    version_policy = ({"latest": {"num_versions": policy.count}} if policy.kind == "latest" else
+                      {"all": {}} if policy.kind == "all" else {"specific": {"versions": list(policy.versions)}})
+    return {
+        "name": served.entry.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "version_policy": version_policy,
+        "max_batch_size": state.settings.max_files_per_request,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1]}],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [served.pipeline.num_classes]}],
+        "parameters": {"crops": {"string_value": pre.crops}, "resize_size": {"string_value": str(pre.resize_size)},
+                       "crop_size": {"string_value": str(pre.crop_size)}},
+    }
+
+
+@router.get("/models/{model}/config", summary="Model configuration (Triton's)", responses=ERRORS)
+async def model_config(model: ModelName, state: StateDep) -> dict[str, Any]:
+    return _config(state, state.repository.resolve(model, None))
+
+
+@router.get("/models/{model}/versions/{version}/config", summary="Model version configuration (Triton's)",
+            responses=ERRORS)
+async def version_config(model: ModelName, version: Version, state: StateDep) -> dict[str, Any]:
+    return _config(state, state.repository.resolve(model, version))
+
+
+# -- inference ---------------------------------------------------------------------------------------------
+_INFER_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": InferRequestBody.model_json_schema(ref_template="#/components/schemas/{model}"),
+                "example": {"inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [1],
+                                        "data": ["<base64 of a JPEG file>"]}],
+                            "outputs": [{"name": OUTPUT_NAME, "parameters": {"classification": 5}}],
+                            "parameters": {"crops": "ten"}},
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                         "description": f"binary tensor data extension: {HEADER_LENGTH} bytes of "
+                                                        "JSON, then the inputs' binary data"},
+        },
+    },
+}
+
+
+async def _infer(request: Request, state: ServiceState, model: str, version: int | None) -> Response:
+    settings = state.settings
+    async with state.repository.lease(model, version) as served:
+        pipeline = served.pipeline
+        body = await read_body(request, state.upload_limits)
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
+                                     max_images=settings.max_files_per_request,
+                                     max_image_bytes=settings.max_file_bytes, num_classes=pipeline.num_classes)
+        scheme = parsed.crops or pipeline.preprocessing.crops
+        result = await pipeline(parsed.images, schemes=(scheme,), top_k=1)
+    bad = result.first_error()
+    if bad is not None:
+        raise ServiceError(f"inputs[0] element {bad.position}: {bad.error}", status=bad.error.status,
+                           reason=bad.error.reason)
+    probabilities = np.stack([image.schemes[scheme].probabilities for image in result.images])
+    content, headers = encode_infer_response(
+        parsed, model_name=result.name, model_version=result.version, probabilities=probabilities,
+        labels=[label.name for label in pipeline.labels], parameters={"crops": scheme})
+    return Response(content, headers=headers)
+
+
+_INFER = {"response_model": InferResponseBody, "responses": ERRORS, "openapi_extra": _INFER_DOC}
+
+
+@router.post("/models/{model}/infer", summary="Classify encoded images (the model's default version)", **_INFER)
+async def infer(request: Request, model: ModelName, state: StateDep) -> Response:
+    return await _infer(request, state, model, None)
+
+
+@router.post("/models/{model}/versions/{version}/infer", summary="Classify encoded images with one version",
+             **_INFER)
+async def infer_version(request: Request, model: ModelName, version: Version, state: StateDep) -> Response:
+    return await _infer(request, state, model, version)
