@@ -7,6 +7,7 @@ leaves at most a hidden ``.staging-*`` directory that readers ignore.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -170,6 +171,20 @@ class ModelStore:
         except MetadataError as exc:
             raise StoreError(f"{meta_path}: {exc}") from exc
         return ModelVersion(path, metadata)
+
+    def publish_copy(self, source: ModelVersion, name: str | None = None) -> ModelVersion:
+        """Publish `source` (from this or another store) as the next version of `name` (default: its own name),
+        through the same staging and atomic rename as an export. The ONNX file is hard-linked where the two
+        stores share a file system (it is never written to again) and copied otherwise; the checksum is
+        verified first, so a damaged source is never published."""
+        source.verify()
+        with self.new_version(name or source.name) as staging:
+            target = staging.path / source.metadata.onnx.file
+            try:
+                os.link(source.onnx_path, target)
+            except OSError:
+                shutil.copyfile(source.onnx_path, target)
+            return staging.commit(lambda v: dataclasses.replace(source.metadata, name=staging.name, version=v))
 
     @contextmanager
     def new_version(self, name: str) -> Iterator[Staging]:

@@ -47,6 +47,7 @@ from bench import report
 from bench.ceiling import CROPS_PER_IMAGE as TEN_CROPS
 from bench.ceiling import SHARED_SAMPLES, patches, sample_jpegs, serving_case
 from bench.loadgen import percentile
+from bench.rollover import measure_rollover
 from service.settings import Settings
 
 PROG = "alexnet-bench"
@@ -163,12 +164,13 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def service_server(version: ModelVersion, workdir: Path, env: dict[str, str],
-                   label: str) -> contextlib.AbstractContextManager:
+def service_server(version: ModelVersion, workdir: Path, env: dict[str, str], label: str,
+                   policy: str | None = None) -> contextlib.AbstractContextManager:
+    """alexnet-serve on `version`'s store, serving that version only (or as `policy` says)."""
     port = free_port()
     command = [*console_script("alexnet-serve", "service.cli"), "--model-store", str(version.path.parent.parent),
-               "--model-name", version.name, "--model-version", str(version.version), "--host", "127.0.0.1",
-               "--port", str(port)]
+               "--models", version.name, "--version-policy", policy or f"specific:{version.version}", "--host",
+               "127.0.0.1", "--port", str(port)]
     env = {"ALEXNET_LOG_LEVEL": "warning", **env}
     log_path = workdir / f"{label.replace(' ', '-')}.log"
     return server(command, "/health/ready", lambda _body: True, log_path, port, env)
@@ -192,13 +194,20 @@ class Plan:
     ceiling_seconds: float
 
 
-def load_level(url: str, images: Path, concurrency: int, crops: str, plan: Plan) -> dict[str, Any]:
+def loadgen_command(url: str, images: Path, concurrency: int, crops: str, duration: float, max_requests: int,
+                    protocol: str = "predict", model: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--images", str(images), "--concurrency",
+               str(concurrency), "--crops", crops, "--duration", str(duration), "--max-requests", str(max_requests),
+               "--protocol", protocol]
+    return command + (["--model", model] if model else [])
+
+
+def load_level(url: str, images: Path, concurrency: int, crops: str, plan: Plan, protocol: str = "predict",
+               model: str | None = None) -> dict[str, Any]:
     """One concurrency level, driven from a separate process (bench/loadgen.py)."""
     import json
 
-    command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--images", str(images), "--concurrency",
-               str(concurrency), "--crops", crops, "--duration", str(plan.duration), "--max-requests",
-               str(plan.max_requests)]
+    command = loadgen_command(url, images, concurrency, crops, plan.duration, plan.max_requests, protocol, model)
     done = subprocess.run(command, capture_output=True, text=True, timeout=plan.duration + 600)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -273,9 +282,11 @@ def ceiling_batch(row: dict[str, Any], crops: str) -> int:
 # -- one run ----------------------------------------------------------------------------------------------
 @dataclass
 class Target:
-    label: str  # "service fp32", "service int8", "fp32 unbatched", "naive baseline"
+    label: str  # "service fp32", "service fp32 v2", "service int8", "fp32 unbatched", "naive baseline"
     url: str
     ceiling: Ceiling | None = None  # measured beside each level of this target (services only)
+    protocol: str = "predict"  # "v2": the Open Inference Protocol's infer (measured at TARGET_CONCURRENCY only)
+    model: str | None = None
 
 
 def sweep(targets: Sequence[Target], images: Path, plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -285,9 +296,11 @@ def sweep(targets: Sequence[Target], images: Path, plan: Plan, log: Callable[[st
     for crops in plan.crops:
         for concurrency in plan.concurrency:
             for target in targets:
+                if target.protocol == "v2" and (concurrency != TARGET_CONCURRENCY or crops != "ten"):
+                    continue
                 service = target.label != "naive baseline"
                 before = scrape(target.url) if service else {}
-                row = load_level(target.url, images, concurrency, crops, plan)
+                row = load_level(target.url, images, concurrency, crops, plan, target.protocol, target.model)
                 row.update(target=target.label, load_average=report.load())
                 if service:
                     row["batching"] = batching_stats(before, scrape(target.url))
@@ -343,6 +356,15 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             goal = 2.5 if vnni else 1.6
             t["int8_x_fp32_c16_ten"] = {"value": target["int8_x_fp32"], "target": goal,
                                         "holds": target["int8_x_fp32"] >= goal}
+    v2 = _row(rows, "service fp32 v2", "ten", TARGET_CONCURRENCY)
+    if target and v2:
+        ratio = _ratio(v2["images_per_s"], target["service_images_per_s"])
+        t["v2_x_predict_c16_ten"] = {"value": ratio, "target": 0.95, "holds": ratio >= 0.95}
+    rollover = result.get("rollover")
+    if rollover:
+        t["rollover_p99_x_steady_p99"] = {"value": rollover["p99_ratio"], "target": 2.0,
+                                          "holds": rollover["p99_ratio"] <= 2.0}
+        t["rollover_errors"] = {"value": rollover["errors"], "target": 0, "holds": rollover["errors"] == 0}
     svc1 = _row(rows, "service fp32", "ten", 1)
     if svc1 and "ceiling" in svc1:  # at concurrency 1 the ceiling is the model's own time for one image
         model_ms = svc1["ceiling"]["ms_median"]
@@ -383,10 +405,20 @@ def print_report(result: dict[str, Any], out: Callable[[str], None] = print) -> 
     out("")
     out(report.table(table_rows, ["target", "crops", "conc", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors",
                                   "batch", "ceiling", "÷ ceiling", "÷ baseline", "int8 ÷ fp32", "load"]))
+    rollover = result.get("rollover")
+    if rollover:
+        out("")
+        out(f"rollover (concurrency 16, ten crops, a new version published under load): steady p99 "
+            f"{rollover['steady_p99_ms']:.0f} ms over {rollover['steady_requests']} requests; during the switch "
+            f"({rollover['switch_window_s']:.1f} s, {rollover['switch_requests']} requests) p99 "
+            f"{rollover['switch_p99_ms']:.0f} ms, max {rollover['switch_max_ms']:.0f} ms; errors {rollover['errors']} "
+            f"of {rollover['requests']}; v2 loaded in {rollover['load_seconds']:.1f} s, first answered "
+            f"{rollover['first_v2_sent_after_s'] or float('nan'):.1f} s after publication; answered by v1 after the "
+            f"switch: {rollover['answered_by_v1_after_switch']}")
     targets = result["summary"]["targets"]
     if targets:
         out("")
-        out("targets (issue 8):")
+        out("targets (issues 8 and 12):")
         for name, t in targets.items():
             out(f"  {name:28} {t['value']:.3f} (target {t['target']}) {'holds' if t['holds'] else 'MISSED'}")
         latency = targets.get("p99_c1_x_model_one_image")
@@ -493,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the fp32 service with ALEXNET_BATCHING=false (one run per request)")
     s.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     s.add_argument("--no-ceiling", action="store_true", help="skip the ceiling and the roof")
+    s.add_argument("--no-rollover", action="store_true", help="skip the rollover measurement")
+    s.add_argument("--rollover-seconds", type=float, default=40.0,
+                   help="closed-loop load at concurrency 16 during which a new version is published after a "
+                        "third of the time (default: 40)")
     s.add_argument("--ceiling-seconds", type=float, default=5.0,
                    help="seconds of bare-session runs after each service level (default: 5)")
     o = p.add_argument_group("output")
@@ -535,10 +571,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             if not args.no_ceiling and label != "fp32 unbatched":
                 ceiling = Ceiling(version, settings)
             targets.append(Target(label, url, ceiling))
+            if label == "service fp32" and TARGET_CONCURRENCY in plan.concurrency and "ten" in plan.crops:
+                targets.append(Target("service fp32 v2", url, protocol="v2", model=version.name))
         if not args.no_baseline:
             log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
             targets.append(Target("naive baseline", servers.enter_context(baseline_server(workdir))))
         result["runs"] = sweep(targets, images, plan, log)
+        servers.close()  # the rollover measurement has the machine to itself
+        if not args.no_rollover:
+            result["rollover"] = measure_rollover(models.fp32, workdir, images, service_env, args.rollover_seconds,
+                                                  log, service_server, loadgen_command)
     if not args.no_ceiling:
         from bench.roof import measure_roof
 

@@ -1,10 +1,12 @@
-"""The load generator: a separate process that drives ``POST /predict`` at a fixed concurrency (closed loop).
+"""The load generator: a separate process that drives the service at a fixed concurrency (closed loop).
 
     python -m bench.loadgen --url http://127.0.0.1:8000 --concurrency 16 --crops ten --images DIR \\
-        --duration 20 --max-requests 400
+        --duration 20 --max-requests 400 [--protocol v2 --model alexnet] [--samples FILE]
 
-`concurrency` clients each send one image per request (multipart field ``file``, which the service and the
-naive baseline both accept) and send the next as soon as the answer arrives. The first `warmup` answers
+`concurrency` clients each send one image per request and send the next as soon as the answer arrives: with
+``--protocol predict`` (the default) to ``POST /predict`` (multipart field ``file``, which the service and the
+naive baseline both accept), with ``--protocol v2`` to ``POST /v2/models/MODEL/infer`` as tritonclient sends
+it (the binary tensor data extension: a JSON header, then the image as one BYTES element). The first `warmup` answers
 (default: one per client) are not measured: they fill the server's queue. Measuring then runs until
 `duration` seconds have passed or `max-requests` answers have arrived, whichever comes first; the requests
 still in flight finish and count for latency. Prints one JSON object on stdout:
@@ -13,6 +15,9 @@ still in flight finish and count for latency. Prints one JSON object on stdout:
   were sent: with a closed loop the server is kept equally busy all along the window);
 - ``latency_ms``: p50/p95/p99/mean/max over the requests sent inside the window, successes only;
 - ``statuses``: their answers by HTTP status; ``errors``: everything that was not a 200 (incl. transport errors).
+
+``--samples FILE`` also writes every request as a JSON line (``sent``, ``done`` as wall-clock seconds, ``status``
+and, for 200 answers, the ``version`` that answered): what the rollover measurement reads.
 
 Loopback only: a URL whose host is not 127.0.0.1, ::1 or localhost is refused.
 """
@@ -24,6 +29,7 @@ import asyncio
 import json
 import math
 import mimetypes
+import struct
 import sys
 import time
 from collections import Counter
@@ -58,6 +64,7 @@ class Sample:
     sent: float
     done: float
     status: int | str  # HTTP status, or the name of a transport error
+    version: int | None = None  # the model version that answered (when versions are recorded)
 
 
 @dataclass
@@ -75,6 +82,18 @@ def read_images(directory: Path | None, limit: int) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in files]
 
 
+def v2_body(data: bytes, crops: str) -> tuple[bytes, dict[str, str]]:
+    """One image as an Open Inference Protocol request with the binary tensor data extension (tritonclient's
+    encoding: a JSON header, then a 4-byte little-endian length and the bytes), encoded once."""
+    raw = struct.pack("<I", len(data)) + data
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 1],
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"classification": 5}}],
+                         "parameters": {"crops": crops}}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                          "content-type": "application/octet-stream"}
+
+
 def multipart_body(name: str, data: bytes, boundary: str = BOUNDARY) -> bytes:
     """One image as a multipart/form-data body in the field ``file``, encoded once: the load generator shares
     the server's cores, so the less CPU it spends per request, the less it takes from what is measured."""
@@ -84,16 +103,23 @@ def multipart_body(name: str, data: bytes, boundary: str = BOUNDARY) -> bytes:
 
 
 async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: int, crops: str, duration: float,
-                max_requests: int, warmup: int, timeout: float = 120.0) -> Run:
+                max_requests: int, warmup: int, timeout: float = 120.0, protocol: str = "predict",
+                model: str | None = None, versions: bool = False) -> Run:
     import httpx
 
     run = Run()
     started = time.perf_counter()
     counter = iter(range(1 << 62))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    params = {"crops": crops, "top_k": "5"}
-    bodies = [multipart_body(name, data) for name, data in images]
-    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    if protocol == "v2":
+        path, params = f"/v2/models/{model}/infer", {}
+        encoded = [v2_body(data, crops) for _, data in images]
+        bodies, headers = [b for b, _ in encoded], encoded[0][1] if encoded else {}
+    else:
+        path, params = "/predict", {"crops": crops, "top_k": "5", **({"model": model} if model else {})}
+        bodies = [multipart_body(name, data) for name, data in images]
+        headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    v2_headers = [h for _, h in encoded] if protocol == "v2" else None
 
     def stop_due(now: float) -> bool:
         if run.t0 is None:  # a warm-up that never ends (server down): give up after the duration
@@ -107,15 +133,19 @@ async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: i
                 if stop_due(now):
                     run.t1 = now
                     return
-                body = bodies[next(counter) % len(bodies)]
+                i = next(counter) % len(bodies)
                 sent = time.perf_counter()
+                version = None
                 try:
-                    r = await client.post("/predict", params=params, content=body, headers=headers)
+                    r = await client.post(path, params=params, content=bodies[i],
+                                          headers=v2_headers[i] if v2_headers else headers)
                     status: int | str = r.status_code
+                    if versions and status == 200:
+                        version = answered_version(r, protocol)
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 done = time.perf_counter()
-                run.samples.append(Sample(sent, done, status))
+                run.samples.append(Sample(sent, done, status, version))
                 if run.t0 is None and len(run.samples) >= warmup:
                     run.t0 = done
                 elif run.t0 is not None:
@@ -123,6 +153,15 @@ async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: i
 
         await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     return run
+
+
+def answered_version(response, protocol: str) -> int | None:
+    """The model version named in an answer (a JSON header ahead of any binary part, for v2)."""
+    if protocol == "v2":
+        split = response.headers.get("inference-header-content-length")
+        header = json.loads(response.content[:int(split)] if split else response.content)
+        return int(header["model_version"])
+    return int(response.json()["model"]["version"])
 
 
 def summarise(run: Run, concurrency: int, crops: str) -> dict:
@@ -151,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of measuring, at most")
     p.add_argument("--max-requests", type=int, default=1000, help="measured answers, at most")
     p.add_argument("--warmup", type=int, help="answers not measured (default: one per client)")
+    p.add_argument("--protocol", choices=["predict", "v2"], default="predict",
+                   help="POST /predict (multipart) or the Open Inference Protocol's infer (binary tensor data)")
+    p.add_argument("--model", help="model name (required with --protocol v2; /predict: the service's only model)")
+    p.add_argument("--samples", type=Path, help="write every request as a JSON line here (with the answering version)")
     return p
 
 
@@ -160,10 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if host not in LOOPBACK:
         print(f"loadgen: refusing {args.url}: loopback only ({', '.join(sorted(LOOPBACK))})", file=sys.stderr)
         return 2
+    if args.protocol == "v2" and not args.model:
+        print("loadgen: --protocol v2 needs --model", file=sys.stderr)
+        return 2
     images = read_images(args.images, args.max_images)
     warmup = args.warmup if args.warmup is not None else args.concurrency
     run = asyncio.run(drive(args.url, images, concurrency=args.concurrency, crops=args.crops,
-                            duration=args.duration, max_requests=args.max_requests, warmup=max(1, warmup)))
+                            duration=args.duration, max_requests=args.max_requests, warmup=max(1, warmup),
+                            protocol=args.protocol, model=args.model, versions=args.samples is not None))
+    if args.samples is not None:
+        offset = time.time() - time.perf_counter()  # wall clock, comparable with other processes' time.time()
+        with open(args.samples, "w") as fh:
+            for s in run.samples:
+                fh.write(json.dumps({"sent": s.sent + offset, "done": s.done + offset, "status": s.status,
+                                     "version": s.version}) + "\n")
     print(json.dumps(summarise(run, args.concurrency, args.crops)))
     return 0
 

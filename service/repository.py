@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -60,6 +61,14 @@ Loader = Callable[[ModelVersion], ClassifierModel]
 RunnerFactory = Callable[[ClassifierModel], InferenceRunner]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim): loading a version builds several
+    transient copies of its weights (the ONNX protobuf, the serving graph, the optimised graph), which glibc
+    otherwise keeps mapped after they are freed, so the process's RSS would count them as the version's cost."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rss_bytes() -> int | None:
@@ -362,6 +371,7 @@ class ModelRepository:
                 raise StoreError(f"metadata.json describes {meta.name} v{meta.version}, not the folder "
                                  f"{name}/{version} it is in (copied from elsewhere?)")
             model = self.loader(entry)
+            trim_heap()
             after = rss_bytes()
         return entry, model, (max(0, after - before) if before is not None and after is not None else None)
 
@@ -389,6 +399,8 @@ class ModelRepository:
         await served.runner.stop()
         provider = served.model.provider
         served.model.close()
+        del served
+        trim_heap()
         self.metrics.model_ready.labels(name, str(version), provider).set(0)
         self.metrics.model_memory.labels(name, str(version)).set(0)
         if self.records.get((name, version), _Record("READY")).state == "UNLOADING":

@@ -138,22 +138,19 @@ def reuse(loaded, gate: threading.Event | None = None):
 
 
 def clone_version(root: Path, name: str, source: int, *, corrupt: bool = False) -> int:
-    """Publish a copy of `name` v`source` as its next version through the store's own staging (atomic, never
-    overwriting). The copy answers exactly like the source, so only the `version` in answers tells them apart.
-    With `corrupt`, one byte of the ONNX file is flipped after the checksum was taken (a damaged copy)."""
+    """Publish a copy of `name` v`source` as its next version (`ModelStore.publish_copy`: staged, atomic). The
+    copy answers exactly like the source, so only the `version` in answers tells them apart. With `corrupt`, one
+    byte of the ONNX file is flipped after the checksum was taken (a damaged copy)."""
     import dataclasses
 
     from alexnet_store import ModelStore
 
     store = ModelStore(root)
     src = store.resolve(name, source)
+    if not corrupt:
+        return store.publish_copy(src).version
     with store.new_version(name) as staging:
-        target = staging.path / src.metadata.onnx.file
-        if corrupt:
-            data = bytearray(src.onnx_path.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            target.write_bytes(bytes(data))
-        else:
-            os.link(src.onnx_path, target)  # the same bytes: a hard link saves copying ~230 MB
-        committed = staging.commit(lambda v: dataclasses.replace(src.metadata, version=v))
-    return committed.version
+        data = bytearray(src.onnx_path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (staging.path / src.metadata.onnx.file).write_bytes(bytes(data))
+        return staging.commit(lambda v: dataclasses.replace(src.metadata, version=v)).version

@@ -11,14 +11,6 @@ from alexnet_store import ModelMetadata, ModelNotFoundError, ModelStore, StoreEr
 from alexnet_store.store import METADATA_FILE
 
 
-def _publish_copy(store: ModelStore, source, name: str = "copy"):
-    """Publish a copy of an existing version's files under `name` (no export needed: pure store mechanics)."""
-    with store.new_version(name) as staging:
-        (staging.path / "model.onnx").write_bytes(source.onnx_path.read_bytes())
-        meta = source.metadata
-        return staging.commit(lambda v: ModelMetadata.from_dict({**meta.to_dict(), "name": name, "version": v}))
-
-
 def test_metadata_round_trip(exported):
     _, version, _ = exported
     text = version.metadata.to_json()
@@ -50,9 +42,9 @@ def test_metadata_errors_name_the_field(exported, mutate, message):
 def test_versions_are_numbered_and_never_overwritten(exported, tmp_path):
     _, source, _ = exported
     store = ModelStore(tmp_path)
-    first = _publish_copy(store, source)
+    first = store.publish_copy(source, "copy")
     first_bytes = (first.path / METADATA_FILE).read_bytes()
-    second = _publish_copy(store, source)
+    second = store.publish_copy(source, "copy")
     assert (first.version, second.version) == (1, 2)
     assert (first.path / METADATA_FILE).read_bytes() == first_bytes
     assert store.resolve("copy").version == 2
@@ -84,7 +76,8 @@ def test_concurrent_publishers_get_distinct_versions(exported, tmp_path):
     _, source, _ = exported
     store = ModelStore(tmp_path)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(_publish_copy(store, source).version)) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: results.append(store.publish_copy(source, "copy").version))
+               for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -105,7 +98,7 @@ def test_squatting_directory_is_skipped_not_overwritten(exported, tmp_path):
     _, source, _ = exported
     store = ModelStore(tmp_path)
     (tmp_path / "copy" / "1").mkdir(parents=True)  # someone made an empty "1" by hand
-    published = _publish_copy(store, source)
+    published = store.publish_copy(source, "copy")
     assert published.version == 2
     assert list((tmp_path / "copy" / "1").iterdir()) == []
 
@@ -127,10 +120,29 @@ def test_resolve_errors_are_clear(exported, tmp_path):
 def test_checksum_mismatch_is_detected(exported, tmp_path):
     _, source, _ = exported
     store = ModelStore(tmp_path)
-    copy = _publish_copy(store, source)
+    copy = store.publish_copy(source, "copy")
     copy.verify()
+    copy.onnx_path.unlink()  # a hard link to the session's model: replace it before writing to it
+    copy.onnx_path.write_bytes(source.onnx_path.read_bytes())
     with open(copy.onnx_path, "r+b") as fh:
         fh.seek(1000)
         fh.write(b"\x00\x01\x02")
     with pytest.raises(StoreError, match="sha256"):
         store.resolve("copy").verify()
+
+
+def test_publish_copy_links_verifies_and_renames(exported, tmp_path):
+    _, source, _ = exported
+    store = ModelStore(tmp_path)
+    copy = store.publish_copy(source)
+    assert (copy.name, copy.version) == (source.name, 1) and copy.metadata.version == 1
+    assert copy.onnx_path.stat().st_ino == source.onnx_path.stat().st_ino  # hard-linked, not copied
+    copy.verify()
+    fake = ModelStore(tmp_path / "fake")
+    with fake.new_version("y") as staging:
+        (staging.path / "model.onnx").write_bytes(b"not the bytes the checksum describes")
+        bad = staging.commit(lambda v: ModelMetadata.from_dict({**source.metadata.to_dict(), "name": "y",
+                                                                "version": v}))
+    with pytest.raises(StoreError, match="does not match metadata"):
+        store.publish_copy(bad, "z")
+    assert store.versions("z") == [] and not any((tmp_path / "z").glob(".staging-*"))
