@@ -75,6 +75,12 @@ def test_tritonclient_http(server):
             client.infer("testnet", [wrong])
         index = client.get_model_repository_index()
         assert index == [{"name": "testnet", "version": "1", "state": "READY", "reason": ""}]
+        client.unload_model("testnet")
+        assert not client.is_model_ready("testnet") and not client.is_server_ready()
+        with pytest.raises(InferenceServerException, match="no model named 'nope'"):
+            client.load_model("nope")
+        client.load_model("testnet")
+        assert client.is_model_ready("testnet") and client.is_server_ready()
     finally:
         client.close()
 
