@@ -366,7 +366,8 @@ def test_http_and_in_process_backends_agree_image_by_image(reference, service_ur
 
     # and through the command line: the same report numbers
     report_path = tmp_path / "r.json"
-    code, _, err = _run_cli([str(reference.val_dir), "--url", service_url, "--report", str(report_path)], capsys)
+    code, _, err = _run_cli([str(reference.val_dir), "--url", service_url, "--model-name", "testnet",
+                             "--model-version", "1", "--report", str(report_path)], capsys)
     assert code == 0, err
     report = json.loads(report_path.read_text())
     assert report["backend"] == "http" and report["url"] == service_url
@@ -375,3 +376,8 @@ def test_http_and_in_process_backends_agree_image_by_image(reference, service_ur
     for scheme in ("ten", "center"):
         top1, top5 = reference.accuracy(scheme)
         assert (report["crops"][scheme]["top1"], report["crops"][scheme]["top5"]) == pytest.approx((top1, top5))
+
+
+def test_url_with_an_unknown_model_is_a_setup_error(service_url, reference, capsys):
+    code, _, err = _run_cli([str(reference.val_dir), "--url", service_url, "--model-name", "nope"], capsys)
+    assert code == 2 and "answered 404" in err and "no model named 'nope'" in err
