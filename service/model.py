@@ -122,7 +122,6 @@ class ClassifierModel:
         self.runtime = runtime or RuntimeOptions()
         self.session: ort.InferenceSession | None = None
         self.elision: ElisionReport | None = None  # CPU sessions only
-        self.labels = [lab.name for lab in self.metadata.labels]
 
     # -- load -------------------------------------------------------------------------------------------
     @property

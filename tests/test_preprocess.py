@@ -263,7 +263,10 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert _status(huge)[0] == 413
 
 
-def test_prepare_image_reports_format_and_stored_size():
-    prepared = prepare_image(encode(gradient(300, 200), "WEBP"), "center", 256, 224)
+def test_prepare_image_reports_format_and_stored_size_and_cuts_every_scheme_from_one_decode():
+    data = encode(gradient(300, 200), "WEBP")
+    prepared = prepare_image(data, ["center", "ten"], 256, 224)
     assert (prepared.format, prepared.width, prepared.height) == ("WEBP", 300, 200)
-    assert prepared.patches.shape == (1, 224, 224, 3)
+    assert prepared.patches["center"].shape == (1, 224, 224, 3) and prepared.patches["ten"].shape == (10, 224, 224, 3)
+    np.testing.assert_array_equal(prepared.patches["ten"], image_to_crops(data, "ten", 256, 224))
+    np.testing.assert_array_equal(prepared.patches["center"][0], prepared.patches["ten"][4])  # the same centre
