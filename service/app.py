@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             await state.stop()
 
     app = FastAPI(title="AlexNet classification service", version=VERSION, description=DESCRIPTION,
-                  openapi_tags=TAGS, lifespan=lifespan)
+                  openapi_tags=TAGS, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics_)

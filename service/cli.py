@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from alexnet_store import ModelStore
+from service.auth import ApiKeys, KeysFileError
 from service.settings import ENV_PREFIX, LogLevel, Settings
 
 PROG = "alexnet-serve"
@@ -37,7 +38,7 @@ class CliError(Exception):
 # The settings alexnet-serve takes as flags; every other one is an ALEXNET_* variable (docs/api.md). Help texts
 # and defaults come from the settings' own fields, so they are written once.
 FLAGS = ("model_store", "models", "version_policy", "repository_poll_seconds", "host", "port", "workers",
-         "providers", "intra_op_threads", "log_level")
+         "providers", "intra_op_threads", "api_keys_file", "log_level")
 
 
 def _default(name: str) -> str:
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["choices"] = list(LogLevel.__args__)
         elif field.annotation in (int, float):
             kwargs["type"] = field.annotation
-        elif name == "model_store":
+        elif name in ("model_store", "api_keys_file"):
             kwargs["type"] = Path
         p.add_argument("--" + name.replace("_", "-"), **kwargs)
     return p
@@ -97,6 +98,11 @@ def check_store(settings: Settings) -> list[str]:
     if missing:
         raise CliError(f"model store {root} has no model named {', '.join(map(repr, missing))} "
                        f"(models there: {', '.join(names)})")
+    if settings.api_keys_file is not None:
+        try:
+            ApiKeys.load(settings.api_keys_file)
+        except KeysFileError as exc:
+            raise CliError(str(exc)) from exc
     from service.model import resolve_providers  # imports onnxruntime: only once the store looks right
 
     try:
@@ -133,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(settings.to_env())  # uvicorn's workers (and the factory) read the same settings
     made_dir = _multiprocess_dir(settings.workers)
     poll = f"every {settings.repository_poll_seconds:g} s" if settings.repository_poll_seconds else "off"
+    auth = f"API keys from {settings.api_keys_file}" if settings.api_keys_file else "no authentication"
     print(f"{PROG}: serving {', '.join(names)} from {settings.model_store} (versions: {settings.version_policy}; "
           f"polling {poll}) on http://{settings.host}:{settings.port} with {settings.workers} worker(s), providers "
-          f"{','.join(settings.providers)}", file=sys.stderr, flush=True)
+          f"{','.join(settings.providers)}, {auth}", file=sys.stderr, flush=True)
 
     import uvicorn
 

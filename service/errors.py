@@ -35,6 +35,21 @@ class BadRequest(ServiceError):
     status = 400
 
 
+class Unauthorized(ServiceError):
+    """No API key, or one that is not valid (service/auth.py)."""
+
+    status = 401
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="alexnet-serving"'}, **extra)
+
+
+class Forbidden(ServiceError):
+    """A valid API key whose scope does not cover the route (an infer key on an admin route)."""
+
+    status = 403
+
+
 class NotFound(ServiceError):
     """An unknown model or version (or one that is not loaded)."""
 

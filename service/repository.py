@@ -214,7 +214,7 @@ class ModelRepository:
             return "the models are still loading; retry shortly"
         missing = [n for n in self.wanted() if not self.served.get(n)]
         if not self.wanted():
-            return f"no model to serve: the model store {self.store.root.name or self.store.root} holds none"
+            return "no model to serve: the model store holds none"
         return "; ".join(self._unavailable_reason(n) for n in missing)
 
     def _unavailable_reason(self, name: str) -> str:
@@ -288,10 +288,10 @@ class ModelRepository:
         """The first sync (loading what the policies select), then polling if it is on; never raises."""
         try:
             if not self.store.root.is_dir():
-                self.error = f"the model store {self.store.root} does not exist"
+                self.error = "the model store (ALEXNET_MODEL_STORE) does not exist"
             await self.sync()
             if not self.wanted() and not self.error:
-                self.error = f"the model store {self.store.root} holds 0 models"
+                self.error = "the model store holds 0 models"
         finally:
             self.started = True
         if self.poll_seconds > 0:

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field("info", description="log level")
     access_log: bool = True
 
+    # -- authentication (service/auth.py) ----------------------------------------------------------------------
+    api_keys_file: Path | None = Field(
+        None, description="a file of API keys, one per line (the key, or sha256:<hex> of it), each optionally "
+                          "followed by its scope, infer (default) or admin; unset = no authentication")
+    metrics_require_key: bool = Field(True, description="with API keys on, /metrics needs a key too")
+    docs_require_key: bool = Field(False, description="with API keys on, /docs and /openapi.json need a key too")
+
     # -- limits on what a request may contain ---------------------------------------------------------------
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest accepted image file")
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1, description="largest accepted request body")

@@ -16,6 +16,7 @@ import anyio
 import onnxruntime as ort
 
 from alexnet_store import ModelStore, ModelVersion
+from service.auth import ApiKeys
 from service.batching import BatchingRunner
 from service.errors import Conflict, NotReady
 from service.metrics import Metrics
@@ -71,6 +72,7 @@ class ServiceState:
             decode_limiter=anyio.CapacityLimiter(settings.effective_decode_threads()),
             retry_after=settings.retry_after_seconds)
         self.requested_providers = resolve_providers(settings.provider_request)
+        self.api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None
 
     async def start(self) -> None:
         """Load what the version policies select; with `exit_on_load_failure`, exit if a model has no version."""

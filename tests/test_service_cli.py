@@ -98,6 +98,11 @@ def test_missing_empty_or_unknown_models(exported, tmp_path, capsys):
     assert "has no model named 'other' (models there: testnet)" in err
     err = _error(capsys, "--model-store", str(root), "--providers", "NoSuchExecutionProvider")
     assert "not in this onnxruntime build" in err
+    err = _error(capsys, "--model-store", str(root), "--api-keys-file", str(tmp_path / "no-keys"))
+    assert "cannot read the API keys file" in err
+    (tmp_path / "keys").write_text("secret-value superuser\n")
+    err = _error(capsys, "--model-store", str(root), "--api-keys-file", str(tmp_path / "keys"))
+    assert "line 1: unknown scope 'superuser'" in err and "secret-value" not in err
 
 
 def test_check_store_names_the_models(exported):

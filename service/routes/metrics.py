@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from service.routes.deps import StateDep
+from service.routes.deps import MetricsKey, StateDep
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], dependencies=[MetricsKey])
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response,

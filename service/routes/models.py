@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
 from fastapi import APIRouter
 
 from service.repository import ModelRepository, VersionStatus
-from service.routes.deps import StateDep
+from service.routes.deps import InferKey, StateDep
 from service.schemas import ErrorBody, ModelList, ServedModel
 from service.state import ServiceState
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[InferKey])
+
+
+def redact_paths(value: Any) -> Any:
+    """Metadata with every absolute path cut to its last part: where a checkpoint or a calibration folder lay on
+    the exporting machine is nobody's business over HTTP (older exports recorded such paths in `source`)."""
+    if isinstance(value, dict):
+        return {k: redact_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_paths(v) for v in value]
+    if isinstance(value, str):
+        if value.startswith("/"):
+            return PurePosixPath(value).name
+        if PureWindowsPath(value).is_absolute():
+            return PureWindowsPath(value).name
+    return value
 
 
 def describe(state: ServiceState, status: VersionStatus) -> ServedModel:
@@ -23,7 +41,7 @@ def describe(state: ServiceState, status: VersionStatus) -> ServedModel:
     meta = served.entry.metadata
     return ServedModel(ready=True, provider=served.model.provider, num_classes=meta.num_classes,
                        load_seconds=round(served.load_seconds, 3), memory_bytes=served.memory_bytes,
-                       metadata=meta.to_dict(), **common)
+                       metadata=redact_paths(meta.to_dict()), **common)
 
 
 @router.get("", response_model=ModelList, summary="Every model and version the repository knows, with its state")

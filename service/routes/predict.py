@@ -9,11 +9,11 @@ from fastapi import APIRouter, Query, Request
 
 from service.errors import ImageRejected, ServiceError, Unprocessable
 from service.preprocess import CropScheme
-from service.routes.deps import StateDep
+from service.routes.deps import InferKey, StateDep
 from service.schemas import ErrorBody, ImageInfo, ImageResult, ModelRef, Prediction, PredictResponse, Timing
 from service.uploads import read_uploads
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], dependencies=[InferKey])
 
 # Reasons that are about a file (counted in images_rejected), not about the request as a whole.
 _FILE_REASONS = {"too_large", "too_many_files", "empty", "unsupported", "too_many_pixels", "corrupt"}

@@ -18,20 +18,21 @@ from fastapi import APIRouter, Body, Path
 
 from service.errors import BadRequest, ServiceError
 from service.repository import VersionStatus
-from service.routes.deps import StateDep
+from service.routes.deps import AdminKey, InferKey, StateDep
 from service.schemas import IndexEntry, V2Error
 
 router = APIRouter(prefix="/v2/repository", tags=["repository"])
 
 ModelName = Annotated[str, Path(description="model name", examples=["alexnet"])]
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2Error} for code in (400, 404, 409)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2Error} for code in (400, 401, 403, 404, 409)}
 
 
 def _entries(statuses: list[VersionStatus]) -> list[IndexEntry]:
     return [IndexEntry(name=s.name, version=str(s.version), state=s.state, reason=s.reason) for s in statuses]
 
 
-@router.post("/index", response_model=list[IndexEntry], summary="Every model and version, with its state")
+@router.post("/index", response_model=list[IndexEntry], summary="Every model and version, with its state",
+             dependencies=[InferKey])
 async def index(state: StateDep, body: Annotated[dict[str, Any] | None, Body(
         examples=[{"ready": True}], description='`{"ready": true}`: only the versions that are READY')] = None,
                 ) -> list[IndexEntry]:
@@ -41,7 +42,8 @@ async def index(state: StateDep, body: Annotated[dict[str, Any] | None, Body(
     return _entries(statuses)
 
 
-@router.post("/models/{name}/load", summary="Load a model now (by its version policy)", responses=ERRORS)
+@router.post("/models/{name}/load", summary="Load a model now (by its version policy)", responses=ERRORS,
+             dependencies=[AdminKey])
 async def load(name: ModelName, state: StateDep) -> dict[str, Any]:
     state.require_control()
     try:
@@ -54,7 +56,7 @@ async def load(name: ModelName, state: StateDep) -> dict[str, Any]:
 
 
 @router.post("/models/{name}/unload", summary="Unload every version of a model once its requests finish",
-             responses=ERRORS)
+             responses=ERRORS, dependencies=[AdminKey])
 async def unload(name: ModelName, state: StateDep) -> dict[str, Any]:
     state.require_control()
     await state.repository.unload(name)

@@ -5,8 +5,8 @@ Each endpoint translates its wire format only: the health answers come from the 
 (service/oip.py parses and encodes the tensors). Errors are ``{"error": "..."}`` (service/handlers.py), with
 the status codes ``/predict`` uses (400, 404, 413, 415, 503 with Retry-After).
 
-Both ready answers carry the status code *and* the body, because the stock clients disagree on which they
-read: tritonclient looks at the status, KServe's client at ``{"ready": ...}``.
+The protocol's health endpoints (``/v2/health/*``) are in service/routes/health.py, beside the service's own
+probes: they are open, where everything here needs an API key when keys are on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import JSONResponse
 
 from service.app_info import SERVER_NAME, VERSION
 from service.errors import ServiceError
@@ -31,8 +30,8 @@ from service.oip import (
     parse_infer_request,
 )
 from service.repository import ServedVersion
-from service.routes.deps import RepositoryDep, StateDep
-from service.routes.health import require_live
+from service.routes.deps import InferKey, RepositoryDep, StateDep
+from service.routes.health import not_ready
 from service.schemas import (
     InferRequestBody,
     InferResponseBody,
@@ -40,42 +39,21 @@ from service.schemas import (
     ServerMetadata,
     TensorMetadata,
     V2Error,
-    V2Live,
     V2ModelMetadata,
-    V2Ready,
 )
 from service.state import ServiceState
 from service.uploads import read_body
 
-router = APIRouter(prefix="/v2", tags=["v2"])
+router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[InferKey])
 
 ModelName = Annotated[str, Path(description="model name", examples=["alexnet"])]
 Version = Annotated[int, Path(ge=1, description="model version", examples=[2])]
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2Error} for code in (400, 404, 413, 415, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2Error} for code in (400, 401, 404, 413, 415, 503)}
 
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata: name, version, extensions")
 async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=VERSION, extensions=list(EXTENSIONS))
-
-
-@router.get("/health/live", response_model=V2Live, summary="The server is live", responses=ERRORS)
-async def server_live(state: StateDep) -> V2Live:
-    require_live(state)
-    return V2Live()
-
-
-def _not_ready(state: ServiceState, reason: str, **body: Any) -> JSONResponse:
-    return JSONResponse({**body, "ready": False, "error": reason}, status_code=503,
-                        headers={"Retry-After": str(state.settings.retry_after_seconds)})
-
-
-@router.get("/health/ready", response_model=V2Ready, summary="Every served model has a ready version",
-            responses=ERRORS)
-async def server_ready(state: StateDep) -> Any:
-    if not state.repository.ready:
-        return _not_ready(state, state.repository.not_ready_reason())
-    return V2Ready()
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -105,7 +83,7 @@ async def _ready(state: ServiceState, model: str, version: int | None) -> Any:
     except ServiceError as exc:
         if exc.status != 503:
             raise
-        return _not_ready(state, exc.detail, name=model)
+        return not_ready(state, exc.detail, name=model)
     return ModelReady(name=model)
 
 
