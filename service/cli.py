@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvicorn.run(
             "service.app:create_app", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=settings.drain_seconds,
         )
     finally:
         if made_dir:

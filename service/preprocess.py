@@ -43,6 +43,9 @@ CROPS_PER_SCHEME: dict[str, int] = {"ten": 10, "center": 1}
 Image.init()
 ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN)
 ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF"  # as told to clients
+# How files of the accepted formats begin (WebP: RIFF....WEBP, checked apart): a file that begins so but cannot be
+# opened is corrupt (400), anything else is not a supported image (415).
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, as a browser page shows them
 # The pixel limit is DecodeLimits.max_pixels, checked on the header below; Pillow's own warning (at 89 M
 # pixels) would only duplicate it. Pillow still raises DecompressionBombError at 2× its limit: that is a 413 too.
@@ -90,6 +93,10 @@ def _decode(data: bytes, resize_size: int, limits: DecodeLimits) -> tuple[Image.
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
+        if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            # it says it is one of the accepted formats, but its header cannot be read: a broken file (400),
+            # not a file of the wrong kind (415)
+            raise ImageError("corrupt or truncated image header") from exc
         raise ImageError(
             f"not a supported image (accepted: {ACCEPTED_FORMATS})",
             status=415, reason="unsupported",

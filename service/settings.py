@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
     workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model repository")
     log_level: LogLevel = Field("info", description="log level")
+    drain_seconds: int = Field(
+        30, ge=0, description="on SIGTERM, how long requests in flight may take to finish before the process "
+                              "exits (uvicorn's graceful-shutdown timeout); orchestrators must wait longer "
+                              "(compose's stop_grace_period, Kubernetes' terminationGracePeriodSeconds)")
     access_log: bool = True
 
     # -- authentication (service/auth.py) ----------------------------------------------------------------------

@@ -61,7 +61,8 @@ def start_server(root: Path, log: Path, *extra: str, env: dict[str, str] | None 
     port = free_port()
     environment = {**os.environ, "ALEXNET_LOG_LEVEL": "warning", "ALEXNET_MAX_FILE_BYTES": "3000000",
                    "ALEXNET_MAX_FILES_PER_REQUEST": "10", "ALEXNET_MAX_REQUEST_BYTES": "30000000", **(env or {})}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if "PROMETHEUS_MULTIPROC_DIR" not in (env or {}):  # this process's own setting is not the server's
+        environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with open(log, "w") as fh:
         process = subprocess.Popen(
             [*serve_command(), "--model-store", str(root), "--models", "testnet", "--host", "127.0.0.1",

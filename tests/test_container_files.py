@@ -195,6 +195,10 @@ def test_compose_api_service():
         assert passthrough in env
     assert "alexnet-healthcheck" in api["healthcheck"]["test"]
     assert api["restart"] == "unless-stopped"
+    from service.settings import Settings
+
+    grace = api["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > Settings.model_fields["drain_seconds"].default
     (gpu,) = _gpu_devices(api)
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert gpu.get("count") in (1, "all") or gpu.get("device_ids")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from helpers import SKLEARN_IMAGES, Server, cuda_provider_works, files, image, start_server, stop_server
@@ -166,20 +167,71 @@ def test_all_imagenet_samples_return_five_predictions(server, sample_images):
 def test_several_workers_share_metrics(exported, tmp_path):
     """--workers 2: two processes, each with its own session; /metrics adds both up (multiprocess mode)."""
     root, _, _ = exported
+    metrics_dir = tmp_path / "metrics"
     srv = start_server(root, tmp_path / "serve.log", "--workers", "2", "--providers", "CPUExecutionProvider",
-                       env={"ALEXNET_WARMUP_BATCH": "1"})
+                       env={"ALEXNET_WARMUP_BATCH": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     try:
         deadline = time.monotonic() + 60
         answered = []
-        while answered.count(200) < 4 and time.monotonic() < deadline:
+        while (answered.count(200) < 4 or len(_predicts_by_worker(metrics_dir)) < 2) and time.monotonic() < deadline:
             with srv.client() as fresh:  # new connections: the kernel spreads them over the workers
                 r = fresh.post("/predict", params={"crops": "center"}, files=files(("a.png", image("PNG"))))
                 answered.append(r.status_code)  # 503 from a worker still loading its model
-        assert answered.count(200) == 4 and set(answered) <= {200, 503}, answered
+        by_worker = _predicts_by_worker(metrics_dir)
+        assert len(by_worker) == 2 and all(n >= 1 for n in by_worker.values()), by_worker  # both workers served
+        assert set(answered) <= {200, 503} and answered.count(200) == sum(by_worker.values()), answered
         with srv.client() as c:
             text = c.get("/metrics").text
         line = 'alexnet_http_requests_total{method="POST",route="/predict",status="200"}'
-        assert any(ln.startswith(line) and float(ln.rsplit(" ", 1)[1]) == 4.0 for ln in text.splitlines()), text
+        total = float(answered.count(200))
+        assert any(ln.startswith(line) and float(ln.rsplit(" ", 1)[1]) == total for ln in text.splitlines()), text
         assert "alexnet_images_processed_total" in text
     finally:
         stop_server(srv)
+
+
+def test_sigterm_drains_the_requests_in_flight(exported, tmp_path):
+    """SIGTERM while 24 requests are in flight: every one of them gets its 200, then the process exits within the
+    drain timeout (ALEXNET_DRAIN_SECONDS) — no request that was accepted is cut off."""
+    root, _, _ = exported
+    drain = 20
+    srv = start_server(root, tmp_path / "serve.log", "--providers", "CPUExecutionProvider",
+                       env={"ALEXNET_DRAIN_SECONDS": str(drain), "ALEXNET_WARMUP_BATCH": "1"})
+    photos = [(n, (SKLEARN_IMAGES / n).read_bytes()) for n in ("china.jpg", "flower.jpg")] * 2
+
+    def post(_: int) -> int:
+        with srv.client() as c:
+            return c.post("/predict", files=files(*photos)).status_code
+
+    def in_flight() -> float:
+        text = httpx.get(f"{srv.url}/metrics", timeout=10).text
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                   if ln.startswith("alexnet_http_requests_in_flight"))
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = [pool.submit(post, i) for i in range(24)]
+        deadline = time.monotonic() + 60
+        while in_flight() < 24 + 1:  # + the /metrics request itself
+            assert time.monotonic() < deadline, "the requests never got in flight together"
+            time.sleep(0.05)
+        srv.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        statuses = [a.result(timeout=120) for a in answers]
+    code = srv.process.wait(timeout=drain + 30)
+    assert statuses == [200] * 24
+    assert code in (0, -signal.SIGTERM) and time.monotonic() - signalled < drain, srv.log.read_text()
+    assert "Traceback" not in srv.log.read_text()
+
+
+def _predicts_by_worker(metrics_dir: Path) -> dict[str, float]:
+    """Successful /predict answers per worker process, read from each worker's own prometheus-client file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = {}
+    for db in metrics_dir.glob("counter_*.db"):
+        for metric in MultiProcessCollector.merge([str(db)], accumulate=False):
+            for sample in metric.samples:
+                if (sample.name == "alexnet_http_requests_total" and sample.labels.get("route") == "/predict"
+                        and sample.labels.get("status") == "200" and sample.value):
+                    counts[db.stem] = counts.get(db.stem, 0.0) + sample.value
+    return counts
