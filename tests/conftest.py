@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_DATA, cuda_provider_works
+from helpers import SHARED_DATA, SKLEARN_IMAGES, cuda_provider_works
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -22,6 +22,32 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "imagenet-samples").is_dir():
         pytest.skip("../shared/data/imagenet-samples is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def project_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """24 real photographs any clone can make: regions of the two photos scikit-learn ships (china.jpg,
+    flower.jpg), at sizes and aspect ratios of ImageNet validation images (shorter side 170-500, so no JPEG draft
+    reduction applies), as JPEG, PNG and WebP, a few in grayscale."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    sources = [Image.open(SKLEARN_IMAGES / name).convert("RGB") for name in ("china.jpg", "flower.jpg")]
+    sizes = [(500, 375), (375, 500), (500, 333), (320, 240), (256, 256), (450, 300), (170, 170), (400, 300)]
+    paths = []
+    for i in range(24):
+        photo = sources[i % 2]
+        w, h = sizes[i % len(sizes)]
+        scale = min(photo.width / w, photo.height / h) * (0.55 + 0.15 * (i % 3))
+        left, top = (i * 37) % int(photo.width - w * scale + 1), (i * 23) % int(photo.height - h * scale + 1)
+        region = photo.crop((left, top, left + int(w * scale), top + int(h * scale))).resize((w, h))
+        if i % 7 == 3:
+            region = region.convert("L")
+        suffix = ("jpg", "png", "webp")[i % 3] if i % 4 else "jpg"
+        path = folder / f"photo_{i:02d}.{suffix}"
+        region.save(path, **({"quality": 90} if suffix in ("jpg", "webp") else {}))
+        paths.append(path)
+    return paths
 
 
 @pytest.fixture(scope="session")

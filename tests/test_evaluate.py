@@ -49,7 +49,7 @@ def _folder_name(label: Label, i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(exported, sample_images, tmp_path_factory) -> Reference:
+def reference(exported, project_photos, tmp_path_factory) -> Reference:
     import torch
     from PIL import Image, ImageOps
 
@@ -59,7 +59,7 @@ def reference(exported, sample_images, tmp_path_factory) -> Reference:
     pre = version.metadata.preprocessing
     # photos whose shorter side is < 512 px: JPEG draft decoding (which the service uses on larger ones) is
     # then a no-op, so torchvision on a full decode is an exact reference
-    photos = [p for p in sample_images if min(Image.open(p).size) < 2 * pre.resize_size][:N_IMAGES]
+    photos = [p for p in project_photos if min(Image.open(p).size) < 2 * pre.resize_size][:N_IMAGES]
     ten = ten_crop_transform(pre.mean, pre.std, pre.resize_size, pre.crop_size)
     center = center_transform(pre.mean, pre.std, pre.resize_size, pre.crop_size)
     top5 = {}
@@ -188,7 +188,7 @@ def test_flat_ilsvrc_layouts_give_the_same_samples(reference, tmp_path):
     assert as_dict(load_eval_set(flat, labels, ground_truth=gt, synsets=plain).samples) == expected
     imagenet = load_eval_set(reference.val_dir, labels)
     assert imagenet.layout == "imagenet"
-    by_photo = {s.path.name: s.target for s in imagenet.samples if s.path.name.startswith("n0")}
+    by_photo = {s.path.name: s.target for s in imagenet.samples if s.path.name.startswith("photo_")}
     assert sorted(by_photo.values()) == sorted(expected.values())
 
     with pytest.raises(EvalDataError, match="--synsets"):

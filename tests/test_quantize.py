@@ -113,7 +113,7 @@ def test_int8_is_a_new_version_with_precision_int8(exported, int8_store: ModelSt
 
 @pytest.mark.slow
 def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: ModelStore,
-                                                         sample_images: list[Path]) -> None:
+                                                         project_photos: list[Path]) -> None:
     from service.model import ClassifierModel
     from service.pipeline import classify
 
@@ -122,15 +122,19 @@ def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: M
     for v in (1, 2):
         models[v] = ClassifierModel(int8_store.resolve(fp32.name, v), providers=["CPUExecutionProvider"])
         models[v].load(warmup_batch=1)
-    photos = [p.read_bytes() for p in sample_images[::4][:20]]
-    results = {v: classify(m, photos, top_k=1).images for v, m in models.items()}
-    top = {v: [image.schemes["ten"].top[0].index for image in images] for v, images in results.items()}
-    probs = {v: np.stack([image.schemes["ten"].probabilities for image in images[:5]])
-             for v, images in results.items()}
+    photos = [p.read_bytes() for p in project_photos[:20]]
+    probs = {v: np.stack([image.schemes["ten"].probabilities for image in classify(m, photos, top_k=1).images])
+             for v, m in models.items()}
     assert np.abs(probs[1] - probs[2]).max() < 0.05
-    assert len(set(top[1])) > 1  # the fp32 model's outputs are not uniform, so agreement means something
-    agreement = np.mean(np.array(top[1]) == np.array(top[2]))
-    assert agreement >= 0.85, (top[1], top[2])
+    # The test network (random weights) gives most photos the same top-1, so agreement is judged on the whole
+    # ranking of the 10 classes, which does differ from photo to photo: int8 must reproduce it.
+    ranks = {v: np.argsort(np.argsort(-p, axis=1, kind="stable"), axis=1) for v, p in probs.items()}
+    assert len({tuple(r) for r in ranks[1]}) >= 5  # the rankings really vary between photos (9 of 20 here)
+    spearman = [np.corrcoef(a, b)[0, 1] for a, b in zip(ranks[1], ranks[2], strict=True)]
+    assert np.mean(spearman) >= 0.95, spearman  # measured: 0.998
+    top3 = np.mean([list(np.argsort(-a)[:3]) == list(np.argsort(-b)[:3]) for a, b in zip(probs[1], probs[2],
+                                                                                          strict=True)])
+    assert top3 >= 0.8, top3  # measured: 0.95
 
 
 @pytest.mark.slow
