@@ -39,6 +39,7 @@ clean:
 container-smoke: $(STAMP)
 	VENV=$(VENV) scripts/container-smoke.sh
 
-# The service against its ceiling and the naive baseline, in one run (docs/benchmark.md); e.g. BENCH_ARGS="--quick"
+# The service against its ceiling, the naive baseline and its int8 variant, the v2 path and a rollover, in one run
+# (docs/benchmark.md); e.g. BENCH_ARGS="--quick"
 bench: $(STAMP)
-	$(BIN)/alexnet-bench $(BENCH_ARGS)
+	$(BIN)/alexnet-bench --int8 $(BENCH_ARGS)
