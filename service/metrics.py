@@ -86,6 +86,15 @@ class Metrics:
         self.preprocess_time = Histogram(
             "preprocess_duration_seconds", "Time to decode, resize and crop one image.",
             namespace=NAMESPACE, buckets=INFERENCE_BUCKETS, registry=r)
+        self.admission_rejected = Counter(
+            "admission_rejected", "Requests answered 503 at once because the service held too much in flight, by "
+            "resource (bytes, images).", ["resource"], namespace=NAMESPACE, registry=r)
+        self.inflight_bytes = Gauge(
+            "inflight_bytes", "Request bytes held now (bodies being received or their images being classified).",
+            namespace=NAMESPACE, registry=r, multiprocess_mode="livesum")
+        self.inflight_images = Gauge(
+            "inflight_images", "Images held now (parsed, being decoded or classified).",
+            namespace=NAMESPACE, registry=r, multiprocess_mode="livesum")
         self.model_ready = Gauge(
             "model_ready", "1 while a model version is loaded, warmed up and serving (minimum over workers).",
             ["model", "version", "provider"], namespace=NAMESPACE, registry=r, multiprocess_mode="livemin")

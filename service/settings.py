@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when that still "
                                                "gives at least the resize size (Pillow draft mode)")
 
+    max_inflight_bytes: int = Field(
+        0, ge=0, description="request bytes held at once (bodies being received, their images being classified) "
+                             "before new requests get 503 at once; 0 = 1/32 of the memory the process may use, "
+                             "at most 256 MiB")
+    max_inflight_images: int = Field(
+        0, ge=0, description="images held at once (parsed, being decoded or classified) before new requests get 503 "
+                             "at once; 0 = one per 4 MiB of that 1/32 of memory, at most 256")
+
     # -- concurrency --------------------------------------------------------------------------------------
     decode_threads: int = Field(0, ge=0, description="threads decoding images per worker; 0 = CPU count")
     inference_concurrency: int = Field(1, ge=1, description="model runs at the same time per worker")

@@ -16,6 +16,7 @@ import anyio
 import onnxruntime as ort
 
 from alexnet_store import ModelStore, ModelVersion
+from service.admission import Admission, default_limits
 from service.auth import ApiKeys
 from service.batching import BatchingRunner
 from service.errors import Conflict, NotReady
@@ -73,6 +74,10 @@ class ServiceState:
             retry_after=settings.retry_after_seconds)
         self.requested_providers = resolve_providers(settings.provider_request)
         self.api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None
+        max_bytes, max_images = default_limits()
+        self.admission = Admission(max_bytes=settings.max_inflight_bytes or max_bytes,
+                                   max_images=settings.max_inflight_images or max_images,
+                                   retry_after=settings.retry_after_seconds, metrics=metrics)
 
     async def start(self) -> None:
         """Load what the version policies select; with `exit_on_load_failure`, exit if a model has no version."""

@@ -23,6 +23,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from service.admission import Ticket
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, Unprocessable, UnsupportedMediaType
 
 FILE_FIELDS = ("files", "file", "files[]")
@@ -157,7 +158,7 @@ def _no_files(other_fields: list[str]) -> Unprocessable:
         reason="no_file")
 
 
-async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
+async def read_uploads(request: Request, limits: UploadLimits, ticket: Ticket | None = None) -> list[Upload]:
     """The uploaded files in the order they were sent; raises ServiceError for every kind of bad body."""
     content_type = request.headers.get("content-type")
     if not content_type:
@@ -174,7 +175,7 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     collector = _Collector(limits)
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
-    async for chunk in stream_body(request, limits):
+    async for chunk in stream_body(request, limits, ticket):
         received += len(chunk)
         try:
             parser.write(chunk)
@@ -194,13 +195,22 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     return collector.uploads
 
 
-async def stream_body(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
-    """The request body chunk by chunk, refused from its Content-Length or cut off at ``max_request_bytes``."""
+def declared_length(request: Request, limits: UploadLimits) -> int | None:
+    """The body's Content-Length (None without one); PayloadTooLarge before a byte is read when it is too big."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
+    if declared is None or not declared.isdigit():
+        return None
+    if int(declared) > limits.max_request_bytes:
         raise PayloadTooLarge(
             f"request body of {int(declared):,} bytes is larger than the limit of {limits.max_request_bytes:,} "
             "bytes; send fewer or smaller images per request", reason="request_too_large")
+    return int(declared)
+
+
+async def stream_body(request: Request, limits: UploadLimits, ticket: Ticket | None = None) -> AsyncIterator[bytes]:
+    """The request body chunk by chunk, refused from its Content-Length or cut off at ``max_request_bytes``; what
+    arrives is charged to the request's admission `ticket` (beyond the Content-Length it was admitted with)."""
+    declared_length(request, limits)
     received = 0
     try:
         async for chunk in request.stream():
@@ -209,14 +219,16 @@ async def stream_body(request: Request, limits: UploadLimits) -> AsyncIterator[b
                 raise PayloadTooLarge(
                     f"request body is larger than the limit of {limits.max_request_bytes:,} bytes; "
                     "send fewer or smaller images per request", reason="request_too_large")
+            if ticket is not None:
+                ticket.received(received)
             yield chunk
     except ClientDisconnect as exc:
         raise BadRequest("the client disconnected before the upload was complete") from exc
 
 
-async def read_body(request: Request, limits: UploadLimits) -> bytes:
+async def read_body(request: Request, limits: UploadLimits, ticket: Ticket | None = None) -> bytes:
     """The whole body (for the Open Inference Protocol's JSON or binary requests), within the same limits."""
     body = bytearray()
-    async for chunk in stream_body(request, limits):
+    async for chunk in stream_body(request, limits, ticket):
         body += chunk
     return bytes(body)

@@ -11,7 +11,7 @@ from service.errors import ImageRejected, ServiceError, Unprocessable
 from service.preprocess import CropScheme
 from service.routes.deps import InferKey, StateDep
 from service.schemas import ErrorBody, ImageInfo, ImageResult, ModelRef, Prediction, PredictResponse, Timing
-from service.uploads import read_uploads
+from service.uploads import declared_length, read_uploads
 
 router = APIRouter(tags=["predict"], dependencies=[InferKey])
 
@@ -61,7 +61,8 @@ _RESPONSES = {
     422: _error("no file, an empty file, top_k out of range, an unknown crops value, or no model named where the "
                 "service serves several", "query parameter 'top_k': must be between 1 and 1000 (the model's "
                 "classes), got 0"),
-    503: _error("the model is still loading, or the service is overloaded (Retry-After is set)",
+    503: _error("the model is still loading, or the service is overloaded: too much in flight, or too many "
+                "requests waiting for the model (Retry-After is set)",
                 "the model is still loading; retry shortly", reason="loading"),
 }
 
@@ -115,23 +116,25 @@ async def predict(
 ) -> PredictResponse:
     start = time.perf_counter()
     metrics = state.metrics
-    async with state.repository.lease(model, version) as served:
-        pipeline = served.pipeline
-        if top_k > pipeline.num_classes:
-            raise Unprocessable(
-                f"query parameter 'top_k': must be between 1 and {pipeline.num_classes} (the model's classes), "
-                f"got {top_k}", reason="top_k")
-        scheme = crops or pipeline.preprocessing.crops
-        try:
-            uploads = await read_uploads(request, state.upload_limits)
-        except ServiceError as exc:
-            reason = exc.extra.get("reason")
-            if reason in _FILE_REASONS:
-                metrics.images_rejected.labels(reason).inc()
-            raise
-        read_done = time.perf_counter()
-        metrics.request_images.observe(len(uploads))
-        result = await pipeline([u.data for u in uploads], schemes=(scheme,), top_k=top_k)
+    with state.admission.ticket(declared_length(request, state.upload_limits)) as ticket:
+        async with state.repository.lease(model, version) as served:
+            pipeline = served.pipeline
+            if top_k > pipeline.num_classes:
+                raise Unprocessable(
+                    f"query parameter 'top_k': must be between 1 and {pipeline.num_classes} (the model's classes), "
+                    f"got {top_k}", reason="top_k")
+            scheme = crops or pipeline.preprocessing.crops
+            try:
+                uploads = await read_uploads(request, state.upload_limits, ticket)
+            except ServiceError as exc:
+                reason = exc.extra.get("reason")
+                if reason in _FILE_REASONS:
+                    metrics.images_rejected.labels(reason).inc()
+                raise
+            read_done = time.perf_counter()
+            metrics.request_images.observe(len(uploads))
+            ticket.charge_images(len(uploads))
+            result = await pipeline([u.data for u in uploads], schemes=(scheme,), top_k=top_k)
 
     bad = result.first_error()
     if bad is not None:  # the first bad file in upload order fails the request

@@ -42,7 +42,7 @@ from service.schemas import (
     V2ModelMetadata,
 )
 from service.state import ServiceState
-from service.uploads import read_body
+from service.uploads import declared_length, read_body
 
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[InferKey])
 
@@ -151,14 +151,17 @@ _INFER_DOC = {
 
 async def _infer(request: Request, state: ServiceState, model: str, version: int | None) -> Response:
     settings = state.settings
-    async with state.repository.lease(model, version) as served:
-        pipeline = served.pipeline
-        body = await read_body(request, state.upload_limits)
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
-                                     max_images=settings.max_files_per_request,
-                                     max_image_bytes=settings.max_file_bytes, num_classes=pipeline.num_classes)
-        scheme = parsed.crops or pipeline.preprocessing.crops
-        result = await pipeline(parsed.images, schemes=(scheme,), top_k=1)
+    with state.admission.ticket(declared_length(request, state.upload_limits)) as ticket:
+        async with state.repository.lease(model, version) as served:
+            pipeline = served.pipeline
+            body = await read_body(request, state.upload_limits, ticket)
+            parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
+                                         max_images=settings.max_files_per_request,
+                                         max_image_bytes=settings.max_file_bytes, num_classes=pipeline.num_classes)
+            del body  # the images are their own copies now
+            ticket.charge_images(len(parsed.images))
+            scheme = parsed.crops or pipeline.preprocessing.crops
+            result = await pipeline(parsed.images, schemes=(scheme,), top_k=1)
     bad = result.first_error()
     if bad is not None:
         raise ServiceError(f"inputs[0] element {bad.position}: {bad.error}", status=bad.error.status,

@@ -1,0 +1,141 @@
+"""Admission control (service/admission.py): the budget's arithmetic, and a request refused before its body is read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import warnings
+
+import pytest
+from helpers import SKLEARN_IMAGES
+
+from service.admission import MIB, Admission, default_limits
+from service.app import create_app
+from service.errors import Overloaded
+from service.settings import Settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+PHOTO = (SKLEARN_IMAGES / "china.jpg").read_bytes()
+
+
+def test_budget_arithmetic():
+    a = Admission(max_bytes=1000, max_images=4, retry_after=3)
+    with a.ticket(600) as first:
+        first.charge_images(3)
+        with pytest.raises(Overloaded) as info, a.ticket(500):
+            pass
+        assert info.value.headers["Retry-After"] == "3" and "600 bytes" in info.value.detail
+        assert (a.bytes, a.images, a.requests) == (600, 3, 1)  # the refused one gave back nothing it did not take
+        with a.ticket(None) as chunked:  # no Content-Length: charged as the body streams in
+            chunked.received(300)
+            chunked.received(400)
+            assert a.bytes == 1000
+            with pytest.raises(Overloaded, match="images"):
+                chunked.charge_images(2)
+            with pytest.raises(Overloaded, match="bytes"):
+                chunked.received(401)
+        assert (a.bytes, a.images) == (600, 3)
+    assert (a.bytes, a.images, a.requests) == (0, 0, 0)
+    with a.ticket(5000) as alone:  # larger than the whole budget but alone: admitted, never starved
+        alone.charge_images(10)
+    assert (a.bytes, a.images) == (0, 0)
+
+
+def test_defaults_follow_the_memory():
+    assert default_limits(24 * 1024 * MIB) == (256 * MIB, 192)
+    assert default_limits(2 * 1024 * MIB) == (64 * MIB, 32)
+    assert default_limits(512 * MIB) == (32 * MIB, 32)
+
+
+async def _post(app, body: bytes, headers: dict[str, str]) -> tuple[int, dict, dict, int]:
+    """One raw ASGI request; returns status, JSON body, headers and how many body bytes the app read."""
+    sent = {"done": False}
+    read = {"bytes": 0}
+    response: dict = {"body": b"", "headers": {}}
+
+    async def receive():
+        if sent["done"]:
+            await asyncio.sleep(3600)
+        sent["done"] = True
+        read["bytes"] += len(body)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            response["status"] = message["status"]
+            response["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            response["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "root_path": "", "server": ("test", 80), "client": ("test", 1),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    await app(scope, receive, send)
+    return response["status"], json.loads(response["body"]), response["headers"], read["bytes"]
+
+
+def multipart(*files: bytes) -> tuple[bytes, dict[str, str]]:
+    parts = b"".join(b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="p%d.jpg"\r\n\r\n' % i + f
+                     + b"\r\n" for i, f in enumerate(files))
+    body = parts + b"--xyz--\r\n"
+    return body, {"content-type": "multipart/form-data; boundary=xyz", "content-length": str(len(body))}
+
+
+def test_over_budget_is_503_before_the_body_is_read(exported):
+    root, _, _ = exported
+    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning",
+                        repository_poll_seconds=0, max_inflight_bytes=len(PHOTO) * 3, max_inflight_images=2,
+                        retry_after_seconds=2)
+    app = create_app(settings)
+
+    async def scenario():
+        state = app.state.service
+        await state.start()
+        try:
+            admission = state.admission
+            one = multipart(PHOTO)
+            with admission.ticket(len(PHOTO) * 2 - 1000):  # another request's body already held
+                status, body, headers, read = await _post(app, *multipart(PHOTO, PHOTO))
+                assert (status, body["reason"], headers["retry-after"], read) == (503, "overloaded", "2", 0)
+                assert "bytes" in body["detail"]
+                status, _, _, read = await _post(app, *one)  # a small one still fits
+                assert status == 200 and read == len(one[0])
+            with admission.ticket(1) as other:
+                other.charge_images(1)  # another request's image already held: two more do not fit
+                status, body, _, _ = await _post(app, *multipart(PHOTO, PHOTO))
+                assert status == 503 and "images" in body["detail"]
+            status, body, _, _ = await _post(app, *multipart(PHOTO, PHOTO))  # alone again: admitted
+            assert status == 200 and len(body["results"]) == 2
+            assert (admission.bytes, admission.images, admission.requests) == (0, 0, 0)
+            text = state.metrics.exposition()[0].decode()
+            assert 'alexnet_admission_rejected_total{resource="bytes"} 1.0' in text
+            assert 'alexnet_admission_rejected_total{resource="images"} 1.0' in text
+        finally:
+            await state.stop()
+
+    asyncio.run(scenario())
+
+
+def test_v2_infer_is_admitted_too(exported):
+    root, _, _ = exported
+    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning",
+                        repository_poll_seconds=0, max_inflight_images=1)
+    with TestClient(create_app(settings)) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        import base64
+
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                            "data": [base64.b64encode(PHOTO).decode()]}]}
+        with c.app.state.service.admission.ticket(1) as other:
+            other.charge_images(1)
+            r = c.post("/v2/models/testnet/infer", json=body)
+            assert r.status_code == 503 and set(r.json()) == {"error"} and "images" in r.json()["error"]
+        assert c.post("/v2/models/testnet/infer", json=body).status_code == 200
