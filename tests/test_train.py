@@ -138,7 +138,8 @@ def test_resume_continues_exactly_and_metrics_are_written(digits: Path, tmp_path
     assert _no_timing(a["history"]) == _no_timing(b["history"])
 
     # Checkpoint keys that export reads.
-    assert a["model_config"] == {"num_classes": 10, "grouped": True, "dropout": 0.5}
+    assert a["model_config"] == {"arch": "alexnet", "num_classes": 10, "in_channels": 3, "grouped": True,
+                                 "dropout": 0.5}
     assert [name for _id, name in a["labels"]][:3] == ["zero", "one", "two"]
     assert [i for i, _name in a["labels"]] == [str(d) for d in range(10)]
     assert a["preprocessing"]["crop_size"] == 224 and a["preprocessing"]["crops"] == "ten"
