@@ -497,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["seconds"] = time.perf_counter() - started
         write_report(report, args.output)
         log(f"report: {args.output / 'report.md'}")
+    report["seconds"] = time.perf_counter() - started
+    write_report(report, args.output)
     print(markdown(report))
     return 1 if failed else 0
 

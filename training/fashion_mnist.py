@@ -106,7 +106,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if len(data) - header != expected:
         raise IdxError(f"{path}: the header says {'×'.join(map(str, shape))} = {expected:,} bytes of data, the file "
                        f"has {len(data) - header:,} (truncated or corrupt)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=header).reshape(shape)  # writable: torch shares it
 
 
 def read_split(root: Path, split: str) -> Split:

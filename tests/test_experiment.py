@@ -1,0 +1,83 @@
+"""`python -m training.experiment`: the whole Fashion-MNIST experiment on a CPU subset, and its argument errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alexnet_store import ModelStore
+from training import experiment
+
+
+@pytest.mark.slow
+def test_train_export_evaluate_serve_and_report(fashion_mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    argv = ["--arch", "d2l-alexnet", "--data", f"fashion-mnist:{fashion_mnist_root}", "--subset", "40", "--epochs",
+            "1", "--output", str(out), "--bench-duration", "1", "--no-progress"]
+    assert experiment.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    (row,) = report["runs"]
+    assert row["arch"] == "d2l-alexnet" and row["recipe"] == "d2l" and "error" not in row
+    training = row["training"]
+    assert training["epochs"] == 1 and training["test_images"] == 10 and training["examples_per_s"] > 0
+
+    # The version in the store: the book's network, 1 channel, the whole 224 image.
+    version = ModelStore(out / "store").resolve("d2l-alexnet-d2l")
+    meta = version.metadata
+    assert (meta.preprocessing.input_channels, meta.preprocessing.resize_size, meta.preprocessing.crop_size) == (1, 224,
+                                                                                                                224)
+    assert meta.architecture.name == "d2l-alexnet" and meta.architecture.parameters == 46_764_746
+    assert meta.training.dataset == "fashion-mnist" and meta.training.train_images == 40
+    assert meta.parity.max_rel_diff < 1e-4 and meta.labels[0].name == "T-shirt/top"
+
+    # alexnet-eval ran on the training's own test images, through the service's pipeline; the numbers are its report's.
+    evaluation = json.loads(Path(row["alexnet_eval"]["report"]).read_text())
+    assert evaluation["dataset"]["samples"] == 10 and evaluation["failed"]["count"] == 0
+    assert row["alexnet_eval"]["ten_top1"] == evaluation["crops"]["ten"]["top1"]
+    assert row["alexnet_eval"]["center_top1"] == evaluation["crops"]["center"]["top1"]
+    # The served model sees the pixels PyTorch validated on (same resize, luma of a grey image = the image):
+    # at most one of the ten images may land differently, on a near-tie.
+    assert abs(row["alexnet_eval"]["center_top1"] - training["test_acc"]) <= 0.1 + 1e-9
+
+    # Served by alexnet-serve and driven by alexnet-bench's load generator, without errors.
+    levels = row["bench"]["levels"]
+    assert {(lv["crops"], lv["concurrency"]) for lv in levels} == {("ten", 1), ("ten", 16), ("center", 1),
+                                                                   ("center", 16)}
+    assert all(lv["errors"] == 0 and lv["images_per_s"] > 0 for lv in levels)
+
+    text = (out / "report.md").read_text()
+    assert "| d2l-alexnet | d2l | 1 |" in text and "0.332 / 0.878 / 0.880 / 4,153.2" in text
+    assert "d2l-ai/d2l-pytorch-colab@0009bbc" in text and "## Served" in text
+
+    # A finished run is never overwritten.
+    assert experiment.main(argv) == 2
+
+
+def test_time_budget_and_argument_errors(fashion_mnist_root: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "exp"
+    assert experiment.main(["--arch", "nin,resnet18:paper:3", "--data", f"fashion-mnist:{fashion_mnist_root}",
+                            "--subset", "20", "--output", str(out), "--time-budget", "0", "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["runs"] == [] and [(r["arch"], r["recipe"]) for r in report["skipped"]] == [
+        ("nin", "d2l"), ("resnet18", "paper")]
+    assert "skipped: time budget" in (out / "report.md").read_text()
+    capsys.readouterr()
+    for bad, message in ((["--arch", "lenet"], "unknown network 'lenet'"),
+                         (["--arch", "nin:sgd"], "unknown recipe 'sgd'"),
+                         (["--arch", "nin:d2l:0"], "epochs must be a positive integer"),
+                         (["--arch", "nin,nin"], "the same recipe twice"),
+                         (["--arch", "nin", "--subset", "0"], "--subset must be at least 1"),
+                         (["--arch", "nin", "--data", f"fashion-mnist:{tmp_path / 'none'}"], "does not exist")):
+        assert experiment.main([*bad, "--output", str(tmp_path / "other")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("experiment: error:") and message in err[0], err
+
+
+def test_runs_parse() -> None:
+    runs = experiment.parse_runs("d2l-alexnet, alexnet:paper:15,vgg11", "d2l", None)
+    assert [(r.arch, r.recipe, r.epochs, r.name) for r in runs] == [
+        ("d2l-alexnet", "d2l", None, "d2l-alexnet-d2l"), ("alexnet", "paper", 15, "alexnet-paper"),
+        ("vgg11", "d2l", None, "vgg11-d2l")]
