@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from training.data import DataConfig, Loaders, derive_seed, stratified_subset
-from training.presets import PCA_EIGVAL, PCA_EIGVEC, Luma
+from training.presets import PCA_EIGVAL, PCA_EIGVEC, Luma, constant
 
 _LUMA = Luma()
 
@@ -88,8 +88,8 @@ class Pipeline:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels with the network's channels → (x − mean) / std."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        mean = constant(tuple(self.mean), x.device, x.dtype).view(1, -1, 1, 1)
+        std = constant(tuple(self.std), x.device, x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def train(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -110,8 +110,7 @@ class Pipeline:
         if self.pca_std > 0:
             x = self.channels(x, rgb=True)
             alpha = torch.randn(batch, 3, generator=generator, device=device) * self.pca_std
-            eigval = torch.tensor(PCA_EIGVAL, device=device)
-            eigvec = torch.tensor(PCA_EIGVEC, device=device)
+            eigval, eigvec = constant(PCA_EIGVAL, device), constant(PCA_EIGVEC, device)
             x = x + ((alpha * eigval) @ eigvec.T)[:, :, None, None]  # eigvec @ (α·λ) per image
         return self.normalise(self.channels(x, rgb=False)).contiguous()
 

@@ -6,6 +6,7 @@ for the first, and its Grayscale weights differ from the service's in the fourth
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -56,12 +57,19 @@ class PCALighting(torch.nn.Module):
         return f"alpha_std={self.alpha_std}"
 
 
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`values` as a tensor on `device`, made once: building it per batch would copy from the host each time, and a
+    copy from pageable memory to a GPU waits for the GPU to finish what it was given (no more overlap)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 class Luma(torch.nn.Module):
     """RGB → 1 channel: Y = Σ LUMA_WEIGHTS · (R, G, B) on dim −3, as the serving graph computes it for a 1-channel
     network (service/graph.py). Works on one image [3, H, W] and on batches [..., 3, H, W]."""
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        weights = torch.tensor(LUMA_WEIGHTS, dtype=img.dtype, device=img.device).view(3, 1, 1)
+        weights = constant(LUMA_WEIGHTS, img.device, img.dtype).view(3, 1, 1)
         return (img * weights).sum(dim=-3, keepdim=True)
 
 
