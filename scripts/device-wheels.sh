@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels the lent GPU machine may lack for the experiment (scripts/device-experiment.sh installs the ones it lacks):
 # onnxscript and its dependencies, which torch.onnx.export needs to write the ONNX file (the machine has PyTorch,
-# onnx and onnxruntime, but no registry to fetch the rest). CPython 3.12 manylinux wheels, about 7 MB, in .whl/
+# onnx and onnxruntime, but no registry to fetch the rest). CPython 3.12 manylinux wheels, 1.5 MB, in .whl/
 # (git-ignored; the call carries it). Versions follow the project's .venv, so the GPU machine exports with what
 # the tests exported with.
 #
