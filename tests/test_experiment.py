@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import python_without
 
 from alexnet_store import ModelStore
 from training import experiment
+
+GPU_MACHINE_LACKS = ["fastapi", "uvicorn", "pydantic", "pydantic_settings", "starlette", "multipart", "sklearn",
+                     "matplotlib"]
 
 
 @pytest.mark.slow
@@ -81,3 +85,43 @@ def test_runs_parse() -> None:
     assert [(r.arch, r.recipe, r.epochs, r.name) for r in runs] == [
         ("d2l-alexnet", "d2l", None, "d2l-alexnet-d2l"), ("alexnet", "paper", 15, "alexnet-paper"),
         ("vgg11", "d2l", None, "vgg11-d2l")]
+
+
+@pytest.mark.slow
+def test_train_export_evaluate_need_no_web_stack(fashion_mnist_root: Path, tmp_path: Path) -> None:
+    """What the GPU machine has: PyTorch, onnx, onnxruntime — no FastAPI, uvicorn, pydantic, scikit-learn. The
+    experiment trains, exports and evaluates there, and skips serving with a message saying why."""
+    out = tmp_path / "exp"
+    argv = ["--arch", "nin", "--data", f"fashion-mnist:{fashion_mnist_root}", "--subset", "20", "--epochs", "1",
+            "--max-steps-per-epoch", "1", "--output", str(out), "--no-progress"]
+    code = f"from training import experiment; raise SystemExit(experiment.main({argv!r}))"
+    done = python_without(GPU_MACHINE_LACKS, code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((out / "report.json").read_text())["runs"]
+    assert row["alexnet_eval"]["images"] == 10 and row["model"]["input"] == "1×224² of 224²"
+    assert "this Python lacks fastapi, uvicorn, pydantic_settings, multipart" in row["bench"]["skipped"]
+    assert "serving skipped" in (out / "report.md").read_text()
+
+    # The service answers what the trained network computes on the pixels it was trained on: ONNX Runtime behind
+    # the service's decoder and serving graph, against PyTorch on the training pipeline's batch, image by image
+    # (at 224 the two resizes give identical pixels).
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from service.model import ClassifierModel
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.device_data import Pipeline
+
+    network = model_from_checkpoint(load_checkpoint(out / "runs" / "nin-d2l" / "last.pt")).eval()
+    served = ClassifierModel(ModelStore(out / "store").resolve("nin-d2l"), providers=["CPUExecutionProvider"])
+    served.load(warmup_batch=1)
+    pipeline = Pipeline(224, 224, (0.0,), (1.0,), 1)
+    for path in sorted((out / "test-images").rglob("*.png"))[:5]:
+        with Image.open(path) as img:
+            grey = torch.from_numpy(np.asarray(img).copy())[None, None]
+        with torch.no_grad():
+            expected = network(pipeline.evaluate(grey)).softmax(dim=1)[0].numpy()
+        got = served.predict(served.preprocess(path.read_bytes(), "center"))[0]
+        assert expected.max() - expected.min() > 1e-3  # not a uniform answer: the comparison means something
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import importlib.util
+import importlib
 import json
 import math
 import platform
@@ -276,8 +276,14 @@ def torch_eval_step(model, ckpt: dict, ctx: Context) -> dict[str, Any]:
 
 
 def serving_available() -> list[str]:
-    """The serving modules this Python lacks (empty: alexnet-serve can run)."""
-    return [m for m in SERVING_MODULES if importlib.util.find_spec(m) is None]
+    """The serving modules this Python cannot import (empty: alexnet-serve can run)."""
+    missing = []
+    for module in SERVING_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    return missing
 
 
 def bench_step(version, ctx: Context) -> dict[str, Any]:
