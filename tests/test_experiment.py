@@ -11,8 +11,8 @@ from helpers import python_without
 from alexnet_store import ModelStore
 from training import experiment
 
-GPU_MACHINE_LACKS = ["fastapi", "uvicorn", "pydantic", "pydantic_settings", "starlette", "multipart", "sklearn",
-                     "matplotlib"]
+GPU_MACHINE_LACKS = ["fastapi", "uvicorn", "pydantic", "pydantic_settings", "starlette", "python_multipart",
+                     "multipart", "sklearn", "matplotlib"]
 
 
 @pytest.mark.slow
@@ -99,7 +99,7 @@ def test_train_export_evaluate_need_no_web_stack(fashion_mnist_root: Path, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads((out / "report.json").read_text())["runs"]
     assert row["alexnet_eval"]["images"] == 10 and row["model"]["input"] == "1×224² of 224²"
-    assert "this Python lacks fastapi, uvicorn, pydantic_settings, multipart" in row["bench"]["skipped"]
+    assert "this Python lacks fastapi, uvicorn, pydantic_settings, python_multipart" in row["bench"]["skipped"]
     assert "serving skipped" in (out / "report.md").read_text()
 
     # The service answers what the trained network computes on the pixels it was trained on: ONNX Runtime behind

@@ -42,7 +42,8 @@ from training import fashion_mnist, recipes
 from training.data import DatasetError, stratified_subset, subset_limits
 from training.networks import ARCHITECTURES
 
-SERVING_MODULES = ("fastapi", "uvicorn", "pydantic_settings", "multipart")
+# What alexnet-serve imports beyond training's stack; python-multipart's module was "multipart" before 0.0.13.
+SERVING_MODULES = (("fastapi",), ("uvicorn",), ("pydantic_settings",), ("python_multipart", "multipart"))
 PARITY_IMAGES = 4  # Fashion-MNIST test images (of different classes) for each export's parity check
 BENCH_IMAGES = 50
 
@@ -278,11 +279,15 @@ def torch_eval_step(model, ckpt: dict, ctx: Context) -> dict[str, Any]:
 def serving_available() -> list[str]:
     """The serving modules this Python cannot import (empty: alexnet-serve can run)."""
     missing = []
-    for module in SERVING_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(module)
+    for names in SERVING_MODULES:
+        for name in names:
+            try:
+                importlib.import_module(name)
+                break
+            except ImportError:
+                continue
+        else:
+            missing.append(names[0])
     return missing
 
 
