@@ -309,6 +309,9 @@ def test_d2l_alexnet_on_fashion_mnist_resumes_exactly(fashion_mnist_root: Path, 
     assert (summary["dataset"], summary["train_images"], summary["val_images"]) == ("fashion-mnist", 24, 10)
     assert a["optimizer_state"]["param_groups"][0]["momentum"] == 0 and a["scheduler_state"] is None
     assert a["history"][-1]["train_samples"] == 12 and a["history"][-1]["val_images"] == 10
+    # Resumed without --epochs, the run takes its own recipe's defaults: the book's 10 epochs, not the paper's 90.
+    resumed = train.parse_args(["--resume", str(tmp_path / "a" / "last.pt"), "--data", "fashion-mnist"])
+    assert (resumed.recipe, resumed.arch, resumed.epochs, resumed.lr) == ("d2l", "d2l-alexnet", 10, 0.01)
 
 
 @pytest.mark.slow

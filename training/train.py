@@ -195,12 +195,20 @@ def build_parser(recipe: str = "paper", arch: str = "alexnet") -> argparse.Argum
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse with the defaults of the --recipe and --arch on the command line (the paper's and alexnet if absent)."""
+    """Parse with the defaults of the --recipe and --arch on the command line; absent, those of the run being
+    resumed (so `--resume DIR/last.pt` of a d2l run trains to the d2l recipe's 10 epochs), else paper and alexnet."""
     first = argparse.ArgumentParser(prog="alexnet-train", add_help=False)
-    first.add_argument("--recipe", choices=recipes.RECIPES, default="paper")
-    first.add_argument("--arch", choices=tuple(ARCHITECTURES), default="alexnet")
+    first.add_argument("--recipe", choices=recipes.RECIPES, default=None)
+    first.add_argument("--arch", choices=tuple(ARCHITECTURES), default=None)
+    first.add_argument("--resume", type=Path, default=None)
     known, _rest = first.parse_known_args(argv)
-    return build_parser(known.recipe, known.arch).parse_args(argv)
+    recorded: dict[str, Any] = {}
+    if known.resume is not None and (known.recipe is None or known.arch is None):
+        with contextlib.suppress(CheckpointError):  # run() reports an unreadable checkpoint
+            recorded = load_checkpoint(known.resume).get("args") or {}
+    recipe = known.recipe or recorded.get("recipe", "paper")
+    arch = known.arch or recorded.get("arch", "alexnet")
+    return build_parser(recipe, arch).parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------------ runtime setup
