@@ -9,7 +9,7 @@ MODEL_STORE ?= model_store
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve demo test lint bench container-smoke clean
+.PHONY: install serve demo test lint bench experiment container-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,9 @@ container-smoke: $(STAMP)
 # (docs/benchmark.md); e.g. BENCH_ARGS="--quick"
 bench: $(STAMP)
 	$(BIN)/alexnet-bench --int8 $(BENCH_ARGS)
+
+# The d2l book's Fashion-MNIST experiment: train -> export -> alexnet-eval -> serve + bench, with a report
+# (docs/experiment.md); e.g. ARCH=d2l-alexnet,alexnet:paper:15 EXPERIMENT_ARGS="--subset 2000 --epochs 1"
+ARCH ?= d2l-alexnet,alexnet
+experiment: $(STAMP)
+	$(BIN)/python -m training.experiment --arch $(ARCH) $(EXPERIMENT_ARGS)

@@ -18,6 +18,12 @@ FORMAT_VERSION = 1
 
 CropScheme = Literal["ten", "center"]
 Precision = Literal["fp32", "int8"]
+# How a 1-channel model sees an RGB image: its luma, Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601), the weights of
+# Pillow's convert("L") and, to within 1e-4, of torchvision's Grayscale. They sum to 1, so a grey image (R = G = B)
+# gives its own grey level back. The serving graph applies them (service/graph.py); training applies them to RGB
+# batches it augmented in colour (training/device_data.py).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+INPUT_CHANNELS = (1, 3)
 
 
 class MetadataError(ValueError):
@@ -38,18 +44,22 @@ class Preprocessing:
 
     The shorter side is resized to `resize_size` (bilinear, antialiased), the central square of that
     size is cut out, and `crop_size` patches are taken from it: the centre one, or with `crops="ten"` the
-    four corners and the centre plus their horizontal flips. Pixels are scaled to [0, 1] and normalised
-    per channel (RGB) with `mean`/`std`; the network takes NCHW float32.
+    four corners and the centre plus their horizontal flips (`crops` is the scheme the model was trained
+    for; clients may ask for the other). With `resize_size == crop_size` the network sees the whole resized
+    image (the d2l book's Fashion-MNIST models). Pixels are scaled to [0, 1]; a model with
+    `input_channels` 1 takes the luma of the RGB image (`LUMA_WEIGHTS`), one with 3 takes RGB; each channel is
+    normalised with `mean`/`std` (one value per input channel); the network takes NCHW float32.
     """
 
     resize_size: int = 256
     crop_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
     crops: CropScheme = "ten"
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    input_channels: int = 3  # added after format 1's first stores: their metadata lacks it and means 3 (RGB)
 
 
 @dataclass(frozen=True)
@@ -89,10 +99,14 @@ class TrainingSummary:
 
 @dataclass(frozen=True)
 class Architecture:
+    """What the network is, for people and tools reading the store: `name` is the `--arch` it was built
+    with (``alexnet-krizhevsky2012`` for the paper's network). `grouped` (conv2/4/5 in two groups) and `lrn`
+    (its constants) describe the paper's AlexNet only: other networks leave them None and empty."""
+
     name: str
     num_classes: int
     parameters: int
-    grouped: bool
+    grouped: bool | None = None
     lrn: dict[str, float] = field(default_factory=dict)
 
 
@@ -134,8 +148,18 @@ class ModelMetadata:
                 f"metadata has {len(meta.labels)} labels but the architecture has "
                 f"{meta.architecture.num_classes} classes"
             )
-        if meta.preprocessing.crop_size > meta.preprocessing.resize_size:
+        pre = meta.preprocessing
+        if pre.crop_size > pre.resize_size:
             raise MetadataError("preprocessing.crop_size is larger than preprocessing.resize_size")
+        if pre.input_channels not in INPUT_CHANNELS:
+            raise MetadataError(f"preprocessing.input_channels is {pre.input_channels}; expected 1 (luma) or 3 (RGB)")
+        if not len(pre.mean) == len(pre.std) == pre.input_channels:
+            raise MetadataError(
+                f"preprocessing has {len(pre.mean)} mean and {len(pre.std)} std values for {pre.input_channels} "
+                "input channel(s): give one of each per channel"
+            )
+        if min(pre.std) <= 0:
+            raise MetadataError("preprocessing.std values must be positive")
         return meta
 
     @classmethod

@@ -102,6 +102,10 @@ class Staging:
             metadata = make_metadata(version)
             if metadata.version != version or metadata.name != self.name:
                 raise StoreError("metadata name/version do not match the version being committed")
+            try:  # what readers will check, checked before anything is published
+                ModelMetadata.from_json(metadata.to_json())
+            except MetadataError as exc:
+                raise StoreError(f"refusing to publish {self.name} v{version}: {exc}") from exc
             _write_durably(self.path / METADATA_FILE, metadata.to_json().encode())
             for child in self.path.iterdir():
                 _fsync_file(child)

@@ -23,6 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from alexnet_store import ModelVersion
+from alexnet_store.metadata import LUMA_WEIGHTS
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE
 from service.session import ElisionReport, cpu_session
 
@@ -93,11 +94,13 @@ def patches(version: ModelVersion, batch: int, jpegs: Sequence[bytes]) -> np.nda
 
 
 def normalised(version: ModelVersion, uint8_patches: np.ndarray) -> np.ndarray:
-    """What the serving graph feeds the network: float32 NCHW, (x/255 − mean)/std."""
+    """What the serving graph feeds the network: float32 NCHW, (x/255 − mean)/std (a 1-channel network: of the luma)."""
     pre = version.metadata.preprocessing
     x = uint8_patches.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1)
+    if pre.input_channels == 1:
+        x = np.tensordot(np.asarray(LUMA_WEIGHTS, np.float32), x, axes=([0], [1]))[:, None]
+    mean = np.asarray(pre.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(pre.std, np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 

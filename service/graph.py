@@ -1,11 +1,19 @@
 """The serving graph: the stored network wrapped so it takes uint8 patches and returns probabilities.
 
-    images uint8 [N, crop, crop, 3] → Transpose → Cast → ×1/(255·std) − mean/std → network → Softmax
+    images uint8 [N, crop, crop, 3] → Transpose → Cast → normalise → network → Softmax
     → probabilities float32 [N, K]
 
 Normalisation runs inside ONNX Runtime (on its thread pool, or on the GPU), so the service moves a quarter
 of the bytes float32 patches would take, and any ONNX Runtime or Triton client can use the same graph
-with only decoding and cropping on its side. The constants come from the model's metadata.
+with only decoding and cropping on its side. The constants come from the model's metadata
+(`preprocessing.input_channels`, `mean`, `std`), so the same code serves every network:
+
+- 3 input channels (RGB): ×1/(255·std) − mean/std, per channel (Mul, Sub);
+- 1 input channel (the d2l book's Fashion-MNIST networks): the luma of the RGB patch,
+  Y = 0.299 R + 0.587 G + 0.114 B (`alexnet_store.LUMA_WEIGHTS`: Pillow's convert("L"), torchvision's
+  Grayscale to 1e-4), normalised in the same step: one 1×1 Conv with weights LUMA/(255·std) and bias −mean/std.
+  The weights sum to 1, so a grey upload (decoded to R = G = B) reaches the network as its own grey level:
+  what the network was trained on.
 """
 
 from __future__ import annotations
@@ -15,9 +23,30 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from alexnet_store import ModelMetadata
+from alexnet_store.metadata import LUMA_WEIGHTS
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+
+
+def _normalise(pre, net_input: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes from float NCHW RGB pixels in [0, 255] ("serving_nchw") to the network's normalised input."""
+    std = np.asarray(pre.std, dtype=np.float64)
+    mean = np.asarray(pre.mean, dtype=np.float64)
+    if pre.input_channels == 1:
+        weight = (np.asarray(LUMA_WEIGHTS, np.float64) / (255.0 * std[0])).reshape(1, 3, 1, 1)
+        tensors = [numpy_helper.from_array(weight.astype(np.float32), "serving_luma_weight"),
+                   numpy_helper.from_array((-mean / std).astype(np.float32), "serving_luma_bias")]
+        return [helper.make_node("Conv", ["serving_nchw", "serving_luma_weight", "serving_luma_bias"], [net_input],
+                                 kernel_shape=[1, 1])], tensors
+    if pre.input_channels != 3:
+        raise ValueError(f"preprocessing.input_channels {pre.input_channels} is not 1 or 3")
+    std32, mean32 = std.astype(np.float32).reshape(1, 3, 1, 1), mean.astype(np.float32).reshape(1, 3, 1, 1)
+    scale = (1.0 / (255.0 * std32)).astype(np.float32)
+    shift = (mean32 / std32).astype(np.float32)
+    tensors = [numpy_helper.from_array(scale, "serving_scale"), numpy_helper.from_array(shift, "serving_shift")]
+    return [helper.make_node("Mul", ["serving_nchw", "serving_scale"], ["serving_scaled"]),
+            helper.make_node("Sub", ["serving_scaled", "serving_shift"], [net_input])], tensors
 
 
 def build_serving_model(network: onnx.ModelProto, metadata: ModelMetadata) -> onnx.ModelProto:
@@ -29,15 +58,11 @@ def build_serving_model(network: onnx.ModelProto, metadata: ModelMetadata) -> on
             f"ONNX graph I/O {[i.name for i in graph.input]} → {[o.name for o in graph.output]} does not match "
             f"the metadata ({net_input} → {net_output})"
         )
-    std = np.asarray(pre.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    scale = numpy_helper.from_array((1.0 / (255.0 * std)).astype(np.float32), "serving_scale")
-    shift = numpy_helper.from_array((mean / std).astype(np.float32), "serving_shift")
+    normalise, constants = _normalise(pre, net_input)
     front = [
         helper.make_node("Transpose", [INPUT_NAME], ["serving_nchw_u8"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", ["serving_nchw_u8"], ["serving_nchw"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["serving_nchw", "serving_scale"], ["serving_scaled"]),
-        helper.make_node("Sub", ["serving_scaled", "serving_shift"], [net_input]),
+        *normalise,
     ]
     back = [helper.make_node("Softmax", [net_output], [OUTPUT_NAME], axis=-1)]
 
@@ -47,7 +72,7 @@ def build_serving_model(network: onnx.ModelProto, metadata: ModelMetadata) -> on
     nodes = front + list(g.node) + back
     del g.node[:]
     g.node.extend(nodes)
-    g.initializer.extend([scale, shift])
+    g.initializer.extend(constants)
     del g.input[:]
     g.input.append(helper.make_tensor_value_info(
         INPUT_NAME, TensorProto.UINT8, ["batch", pre.crop_size, pre.crop_size, 3]))

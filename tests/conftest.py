@@ -51,6 +51,25 @@ def project_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def fashion_mnist_root() -> Path:
+    """The Fashion-MNIST IDX files of Debian's dataset-fashion-mnist package (.ci/run installs it); tests that need
+    them skip, naming the package, where it is not installed."""
+    from training.fashion_mnist import DEFAULT_ROOT
+
+    if not (DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST is not installed in {DEFAULT_ROOT} (apt-get install dataset-fashion-mnist)")
+    return DEFAULT_ROOT
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist(fashion_mnist_root: Path):
+    """The data set, read once per session (55 MB of uint8)."""
+    from training.fashion_mnist import load
+
+    return load(fashion_mnist_root)
+
+
+@pytest.fixture(scope="session")
 def sample_images(shared_data: Path) -> list[Path]:
     return sorted(p for p in (shared_data / "imagenet-samples").iterdir() if p.is_file())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_store import ModelStore
-from training import export, train
+from training import export_cli, train
 from training.demo import build_digits_dataset
 
 WNIDS = [f"n0{i:07d}" for i in range(10)]
@@ -33,7 +33,7 @@ def _tree_digest(path: Path) -> dict[str, str]:
 
 
 def _export(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    rc = export.main(argv)
+    rc = export_cli.main(argv)
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
@@ -107,7 +107,7 @@ def test_input_errors(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_help_documents_the_interface(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        export.main(["--help"])
+        export_cli.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--model-store", "--name", "--checkpoint", "--random-init", "--num-classes", "--labels",

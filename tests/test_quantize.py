@@ -139,7 +139,7 @@ def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: M
 
 @pytest.mark.slow
 def test_alexnet_export_quantize_int8(tmp_path: Path, calibration_dir: Path) -> None:
-    from training.export import main
+    from training.export_cli import main
 
     code = main(["--model-store", str(tmp_path), "--name", "q", "--random-init", "--num-classes", "3",
                  "--init", "kaiming", "--quantize", "int8", "--calibration-dir", str(calibration_dir),

@@ -29,6 +29,9 @@ def test_metadata_round_trip(exported):
         (lambda d: d["preprocessing"].update(crops="seven"), "is not one of"),
         (lambda d: d["labels"].pop(), "9 labels but the architecture has 10"),
         (lambda d: d.update(format_version=99), "newer than this code understands"),
+        (lambda d: d["preprocessing"].update(input_channels=1), "3 mean and 3 std values for 1 input channel"),
+        (lambda d: d["preprocessing"].update(input_channels=2, mean=[0, 0], std=[1, 1]), "expected 1 \\(luma\\)"),
+        (lambda d: d["preprocessing"].update(std=[0.2, 0.0, 0.2]), "std values must be positive"),
     ],
 )
 def test_metadata_errors_name_the_field(exported, mutate, message):
@@ -146,3 +149,31 @@ def test_publish_copy_links_verifies_and_renames(exported, tmp_path):
     with pytest.raises(StoreError, match="does not match metadata"):
         store.publish_copy(bad, "z")
     assert store.versions("z") == [] and not any((tmp_path / "z").glob(".staging-*"))
+
+
+def test_metadata_of_earlier_stores_and_of_1_channel_models(exported):
+    """A metadata.json written before input_channels existed means RGB; a 1-channel model has one mean and std."""
+    _, version, _ = exported
+    data = json.loads(version.metadata.to_json())
+    del data["preprocessing"]["input_channels"]
+    old = ModelMetadata.from_dict(data)
+    assert old.preprocessing.input_channels == 3 and old.architecture.grouped is True
+    data["preprocessing"].update(input_channels=1, mean=[0.286], std=[0.353])
+    del data["architecture"]["grouped"], data["architecture"]["lrn"]  # a network other than the paper's
+    grey = ModelMetadata.from_dict(data)
+    assert grey.preprocessing.mean == (0.286,) and grey.architecture.grouped is None
+
+
+def test_invalid_metadata_is_never_published(exported, tmp_path):
+    _, source, _ = exported
+    store = ModelStore(tmp_path)
+    bad = {**source.metadata.to_dict(), "name": "bad"}
+    bad["preprocessing"] = {**bad["preprocessing"], "input_channels": 1}  # three means for one channel
+    with pytest.raises(StoreError, match="refusing to publish bad v1: preprocessing has 3 mean"), \
+            store.new_version("bad") as staging:
+        (staging.path / "model.onnx").write_bytes(source.onnx_path.read_bytes())
+        staging.commit(lambda v: ModelMetadata(**{**source.metadata.__dict__, "name": "bad", "version": v,
+                                                  "preprocessing": type(source.metadata.preprocessing)(
+                                                      **bad["preprocessing"])}))
+    assert store.names() == [] or store.versions("bad") == []
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".onnx"]

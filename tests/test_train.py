@@ -138,7 +138,8 @@ def test_resume_continues_exactly_and_metrics_are_written(digits: Path, tmp_path
     assert _no_timing(a["history"]) == _no_timing(b["history"])
 
     # Checkpoint keys that export reads.
-    assert a["model_config"] == {"num_classes": 10, "grouped": True, "dropout": 0.5}
+    assert a["model_config"] == {"arch": "alexnet", "num_classes": 10, "in_channels": 3, "grouped": True,
+                                 "dropout": 0.5}
     assert [name for _id, name in a["labels"]][:3] == ["zero", "one", "two"]
     assert [i for i, _name in a["labels"]] == [str(d) for d in range(10)]
     assert a["preprocessing"]["crop_size"] == 224 and a["preprocessing"]["crops"] == "ten"
@@ -256,3 +257,91 @@ def test_labels_that_do_not_match_the_folders(digits: Path, tmp_path: Path, caps
     labels.write_text("cat\ndog\n")
     assert _run(["--data", str(digits), "--labels", str(labels), "--output", str(tmp_path / "run")]) == 2
     assert "does not name the classes" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ other networks, the d2l recipe
+# The book's settings per section, copied from d2l-ai/d2l-pytorch-colab @ 0009bbc chapter_convolutional-modern/*:
+# `lr, num_epochs, batch_size = ...` and `load_data_fashion_mnist(batch_size, resize=...)`.
+BOOK_SETTINGS = {  # arch: (lr, batch, resize)
+    "d2l-alexnet": (0.01, 128, 224), "vgg11": (0.05, 128, 224), "nin": (0.1, 128, 224),
+    "googlenet": (0.1, 128, 96), "resnet18": (0.05, 256, 96), "densenet": (0.1, 256, 96),
+}
+
+
+@pytest.mark.parametrize("arch", list(BOOK_SETTINGS))
+def test_d2l_recipe_is_the_books_per_network(arch: str) -> None:
+    args = train.parse_args(["--data", "x", "--recipe", "d2l", "--arch", arch])
+    lr, batch, size = BOOK_SETTINGS[arch]
+    assert (args.lr, args.batch_size, args.input_size, args.resize_size, args.epochs) == (lr, batch, size, size, 10)
+    # train_ch6: plain SGD at a constant rate, Xavier weights; load_data_fashion_mnist: Resize + ToTensor only
+    assert (args.momentum, args.weight_decay, args.lr_schedule, args.init) == (0.0, 0.0, "constant", "xavier")
+    assert args.no_flip and args.pca_std == 0 and args.mean_std == "none"
+    assert args.width_divisor == (4 if arch == "vgg11" else 1)  # `ratio = 4`
+    assert train.build_scheduler(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=args.lr), args) is None
+    # A flag on the command line still wins over the recipe.
+    assert train.parse_args(["--data", "x", "--recipe", "d2l", "--arch", arch, "--lr", "0.2", "--flip"]).lr == 0.2
+
+
+def test_help_shows_the_recipe_of_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train.main(["--recipe", "d2l", "--arch", "resnet18", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.05)" in text and "(default: 256)" in text and "fashion-mnist:DIR" in text
+
+
+@pytest.mark.slow
+def test_d2l_alexnet_on_fashion_mnist_resumes_exactly(fashion_mnist_root: Path, tmp_path: Path) -> None:
+    """The book's network and recipe on Fashion-MNIST held in memory: 2 epochs == 1 epoch + --resume."""
+    common = ["--data", f"fashion-mnist:{fashion_mnist_root}", "--arch", "d2l-alexnet", "--recipe", "d2l",
+              "--subset", "24", "--batch-size", "12", "--max-steps-per-epoch", "1", "--seed", "3"]
+    assert _run([*common, "--output", str(tmp_path / "a"), "--epochs", "2"]) == 0
+    assert _run([*common, "--output", str(tmp_path / "b"), "--epochs", "1"]) == 0
+    assert _run(["--resume", str(tmp_path / "b" / "last.pt"), "--epochs", "2", "--data",
+                 f"fashion-mnist:{fashion_mnist_root}"]) == 0
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert _same_state(a["model_state"], b["model_state"]) and _no_timing(a["history"]) == _no_timing(b["history"])
+    assert a["model_config"] == {"arch": "d2l-alexnet", "num_classes": 10, "in_channels": 1, "dropout": 0.5}
+    pre = a["preprocessing"]
+    assert (pre["resize_size"], pre["crop_size"], pre["input_channels"], pre["crops"]) == (224, 224, 1, "center")
+    assert (pre["mean"], pre["std"]) == ([0.0], [1.0])  # ToTensor only
+    assert a["labels"][0] == ["tshirt_top", "T-shirt/top"] and a["labels"][9] == ["ankle_boot", "Ankle boot"]
+    summary = a["summary"]
+    assert (summary["dataset"], summary["train_images"], summary["val_images"]) == ("fashion-mnist", 24, 10)
+    assert a["optimizer_state"]["param_groups"][0]["momentum"] == 0 and a["scheduler_state"] is None
+    assert a["history"][-1]["train_samples"] == 12 and a["history"][-1]["val_images"] == 10
+    # Resumed without --epochs, the run takes its own recipe's defaults: the book's 10 epochs, not the paper's 90.
+    resumed = train.parse_args(["--resume", str(tmp_path / "a" / "last.pt"), "--data", "fashion-mnist"])
+    assert (resumed.recipe, resumed.arch, resumed.epochs, resumed.lr) == ("d2l", "d2l-alexnet", 10, 0.01)
+
+
+@pytest.mark.slow
+def test_paper_recipe_on_fashion_mnist_with_another_network(fashion_mnist_root: Path, fashion_mnist,
+                                                            tmp_path: Path) -> None:
+    """The paper's recipe on any network: random crops of a larger square, reflections, the training set's
+    mean/std (computed from the data in memory), ten crops at test time."""
+    assert _run(["--data", f"fashion-mnist:{fashion_mnist_root}", "--arch", "resnet18", "--subset", "20",
+                 "--input-size", "64", "--resize-size", "72", "--mean-std", "compute", "--epochs", "1",
+                 "--batch-size", "10", "--max-steps-per-epoch", "1", "--val-crops", "ten",
+                 "--output", str(tmp_path / "run")]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    pre = ckpt["preprocessing"]
+    assert (pre["resize_size"], pre["crop_size"], pre["crops"], pre["input_channels"]) == (72, 64, "ten", 1)
+    pixels = fashion_mnist.train.images / 255.0
+    assert pre["mean"] == [pytest.approx(pixels.mean(), abs=1e-5)] and pre["std"] == [pytest.approx(pixels.std(),
+                                                                                                      abs=1e-5)]
+    assert ckpt["optimizer_state"]["param_groups"][0]["momentum"] == 0.9
+    assert ckpt["scheduler_state"] is not None and ckpt["init"] == "paper"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--arch", "vgg11", "--no-grouping"], "--no-grouping applies to --arch alexnet only"),
+    (["--arch", "nin", "--init", "caffe"], "--init caffe is the paper's alexnet's"),
+    (["--subset", "10", "--limit-train", "5"], "--subset must be at least 1 and replaces"),
+    (["--input-size", "300"], "must be at least --input-size (300)"),
+    (["--arch", "resnet18", "--width-divisor", "2"], "--width-divisor applies to --arch vgg11 only"),
+])
+def test_option_errors_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["--data", str(tmp_path), "--output", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alexnet-train: error:") and message in err[0], err

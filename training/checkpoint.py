@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from alexnet_store import Label, Preprocessing, TrainingSummary
-from training.network import AlexNet
+from training.networks import model_from_config
 
 CHECKPOINT_FORMAT = 1
 
@@ -48,8 +49,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> AlexNet:
-    model = AlexNet(**ckpt["model_config"])
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """The trained network: its architecture from ``model_config`` (any `--arch`), its weights from the state."""
+    model = model_from_config(ckpt["model_config"])
     model.load_state_dict(ckpt["model_state"])
     return model
 

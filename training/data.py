@@ -118,6 +118,12 @@ def stratified_subset(targets: Sequence[int], limit: int | None, seed: int) -> l
     return sorted(picked[:limit])
 
 
+def subset_limits(subset: int, train_count: int, val_count: int, classes: int) -> tuple[int, int]:
+    """`--subset N`: N training images and the validation images in the data set's own proportion (at least one
+    per class): Fashion-MNIST's 60,000/10,000 gives 2,000 → 333."""
+    return subset, max(classes, round(subset * val_count / max(train_count, 1)))
+
+
 class SeededAugmentation(Dataset):
     """Applies `transform` with torch's generator seeded per sample: keys are ``(index, seed)`` pairs.
 
@@ -201,6 +207,7 @@ class DataConfig:
     pca_std: float = 0.1
     flip: bool = True
     val_crops: str = "center"  # "center" or "ten"
+    in_channels: int = 3  # the network's: 1 gives it the luma of the RGB images
     limit_train: int | None = None
     limit_val: int | None = None
     pin_memory: bool = False
@@ -229,11 +236,12 @@ def build_loaders(folders: Folders, cfg: DataConfig) -> Loaders:
     train_base = Subset(folders.train, stratified_subset(folders.train.targets, cfg.limit_train, cfg.seed))
     val_base = Subset(folders.val, stratified_subset(folders.val.targets, cfg.limit_val, cfg.seed))
     train_ds = SeededAugmentation(train_base, train_transform(cfg.mean, cfg.std, cfg.resize_size, cfg.crop_size,
-                                                              pca_std=cfg.pca_std, flip=cfg.flip))
+                                                              pca_std=cfg.pca_std, flip=cfg.flip,
+                                                              in_channels=cfg.in_channels))
     if cfg.val_crops == "ten":
-        val_tf = ten_crop_transform(cfg.mean, cfg.std, cfg.resize_size, cfg.crop_size)
+        val_tf = ten_crop_transform(cfg.mean, cfg.std, cfg.resize_size, cfg.crop_size, cfg.in_channels)
     elif cfg.val_crops == "center":
-        val_tf = center_transform(cfg.mean, cfg.std, cfg.resize_size, cfg.crop_size)
+        val_tf = center_transform(cfg.mean, cfg.std, cfg.resize_size, cfg.crop_size, cfg.in_channels)
     else:
         raise ValueError(f"val_crops must be 'center' or 'ten', not {cfg.val_crops!r}")
     val_ds = Transformed(val_base, val_tf)
@@ -250,18 +258,19 @@ def build_loaders(folders: Folders, cfg: DataConfig) -> Loaders:
 
 
 def compute_mean_std(dataset: ImageFolder, resize_size: int = 256, max_images: int | None = 10_000,
-                     seed: int = 0, workers: int = 0, progress: bool = True,
-                     ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and std of the pixels (in [0, 1], RGB) of the training images as the network sees them.
+                     seed: int = 0, workers: int = 0, progress: bool = True, in_channels: int = 3,
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the pixels (in [0, 1]; RGB, or the luma for 1 channel) of the training images
+    as the network sees them.
 
     Each image is resized and centre-cropped to ``resize_size``² (the paper's 256×256 images); a seeded,
     class-stratified subset of at most `max_images` images is used (all when None).
     """
     indices = stratified_subset(dataset.targets, max_images, seed)
-    tf = center_transform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), resize_size, resize_size)
+    tf = center_transform((0.0,) * in_channels, (1.0,) * in_channels, resize_size, resize_size, in_channels)
     loader = DataLoader(Transformed(Subset(dataset, indices), tf), batch_size=64, num_workers=workers)
-    total = torch.zeros(3, dtype=torch.float64)
-    total_sq = torch.zeros(3, dtype=torch.float64)
+    total = torch.zeros(in_channels, dtype=torch.float64)
+    total_sq = torch.zeros(in_channels, dtype=torch.float64)
     count = 0
     for x, _ in tqdm(loader, desc="mean/std", unit="batch", disable=not progress, leave=False):
         x = x.to(torch.float64)

@@ -42,10 +42,12 @@ def read_label_file(path: str | Path) -> list[Label]:
     return [Label(id=ln.strip(), name=ln.strip()) for ln in lines]
 
 
-def labels_for_classes(classes: list[str], label_file: str | Path | None) -> list[Label]:
-    """Labels for training folders `classes` (in class-index order), named from `label_file` if given."""
+def labels_for_classes(classes: list[str], label_file: str | Path | None,
+                       names: list[str] | None = None) -> list[Label]:
+    """Labels for `classes` (training folders, in class-index order), named from `label_file` if given, else by
+    the data set's own `names` (Fashion-MNIST's), else by the folder names."""
     if label_file is None:
-        return [Label(id=c, name=c) for c in classes]
+        return [Label(id=c, name=n) for c, n in zip(classes, names or classes, strict=True)]
     return name_classes(classes, read_label_file(label_file), label_file)
 
 

@@ -1,6 +1,6 @@
 """Static INT8 quantisation of an exported AlexNet: ONNX Runtime QDQ, per-channel weights, uint8 activations.
 
-    alexnet-export --checkpoint ckpt.pt --name digits --quantize int8 [--calibration-dir DIR]
+    alexnet-export --checkpoint ckpt.pt --name digits --quantize int8 [--calibration-dir DIR]   (training/export_cli.py)
     python -m training.quantize --model-store model_store --name digits [--version 1] [--calibration-dir DIR]
 
 Both publish a *new* version whose metadata says ``precision: "int8"``; its ``source.quantization`` records
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 from PIL import Image
+from torch import nn
 
 from alexnet_store import (
     Label,
@@ -55,8 +56,8 @@ from training.export import (
     export_checked_onnx,
     load_images,
     parity_images,
+    ten_crop_inputs,
 )
-from training.network import AlexNet
 
 DEFAULT_CALIBRATION_IMAGES = 64
 CHECK_FROM_CALIBRATION = 16  # calibration images that also go into the int8-vs-fp32 check, beside the photos
@@ -113,11 +114,8 @@ def default_calibration_dir(checkpoint: Mapping[str, Any] | None) -> Path | None
 
 
 def ten_crop_batches(images: Sequence[Image.Image], pre: Preprocessing) -> list[np.ndarray]:
-    """Each image → its ten normalised crops, float32 [10, 3, crop, crop] (the parity check's pipeline)."""
-    from training.presets import ten_crop_transform
-
-    transform = ten_crop_transform(pre.mean, pre.std, pre.resize_size, pre.crop_size)
-    return [transform(img).numpy().astype(np.float32) for img in images]
+    """Each image → its ten normalised crops, float32 [10, C, crop, crop] (the parity check's pipeline)."""
+    return [crops.numpy().astype(np.float32) for crops in ten_crop_inputs(images, pre)]
 
 
 class _Reader:
@@ -335,7 +333,7 @@ def quantize_store_version(store: ModelStore, source: ModelVersion, *, name: str
                         method=method, log=log)
 
 
-def export_int8(model: AlexNet, store: ModelStore, name: str, labels: Sequence[Label], preprocessing: Preprocessing,
+def export_int8(model: nn.Module, store: ModelStore, name: str, labels: Sequence[Label], preprocessing: Preprocessing,
                 *, training: TrainingSummary | None = None, source: dict | None = None, opset: int = DEFAULT_OPSET,
                 images: Sequence[Image.Image] | None = None, tolerance: float = PARITY_TOLERANCE,
                 calibration_dir: Path | None = None, calibration_images: int = DEFAULT_CALIBRATION_IMAGES,

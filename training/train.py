@@ -10,6 +10,11 @@ GPUs or machines through ``torchrun`` (DDP: nccl on CUDA, gloo on CPU), e.g.::
 ``--batch-size`` is per process (as in torchvision's recipe): the paper's 128 on 8 GPUs is 16 each.
 Every epoch writes ``last.pt`` (and ``best.pt`` by validation top-1) and appends a line to
 ``metrics.jsonl`` and ``metrics.csv`` in ``--output``; ``--resume DIR/last.pt`` continues exactly.
+
+Other networks and the d2l book's recipe (training/networks.py, training/recipes.py), e.g. the book's AlexNet
+experiment on Fashion-MNIST read from its IDX files and kept on the device (training/device_data.py)::
+
+    alexnet-train --data fashion-mnist:/usr/share/datasets/fashion-mnist --arch d2l-alexnet --recipe d2l
 """
 
 from __future__ import annotations
@@ -38,18 +43,41 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from alexnet_store import Preprocessing, TrainingSummary
+from training import fashion_mnist, recipes
 from training.checkpoint import CheckpointError, load_checkpoint, preprocessing_from_checkpoint, save_checkpoint
-from training.data import DataConfig, DatasetError, Folders, build_loaders, compute_mean_std, derive_seed, open_folders
+from training.data import (
+    DataConfig,
+    DatasetError,
+    Folders,
+    Loaders,
+    build_loaders,
+    compute_mean_std,
+    derive_seed,
+    open_folders,
+    subset_limits,
+)
+from training.device_data import mean_std as memory_mean_std
+from training.device_data import memory_loaders
 from training.labels import LabelsError, labels_for_classes
-from training.network import INIT_SCHEMES, INPUT_SIZE, AlexNet, build_alexnet
-from training.presets import IMAGENET_MEAN, IMAGENET_STD, PCA_ALPHA_STD
+from training.networks import (
+    ARCHITECTURES,
+    INIT_SCHEMES,
+    ArchError,
+    arch_spec,
+    build_model,
+    count_parameters,
+    initialize,
+    normalise_model_config,
+)
+from training.presets import imagenet_mean_std
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
                  "epoch_time_s", "train_samples", "val_images", "time")
 # Options a resumed run takes from its checkpoint, so that it continues the same run whatever the command line says.
 RESUMED_OPTIONS = ("seed", "batch_size", "val_batch_size", "init", "no_grouping", "dropout", "pca_std", "no_flip",
                    "resize_size", "limit_train", "limit_val", "val_crops", "max_steps_per_epoch", "mean_std",
-                   "mean_std_images", "momentum", "weight_decay", "lr", "lr_factor", "lr_patience", "warmup_epochs")
+                   "mean_std_images", "momentum", "weight_decay", "lr", "lr_factor", "lr_patience", "warmup_epochs",
+                   "arch", "recipe", "input_size", "width_divisor", "lr_schedule", "subset")
 
 
 class TrainError(RuntimeError):
@@ -60,52 +88,84 @@ def _default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: str = "paper", arch: str = "alexnet") -> argparse.ArgumentParser:
+    """The command line, its defaults those of `recipe` for network `arch` (what --help shows)."""
+    r = recipes.recipe_for(recipe, arch)
     p = argparse.ArgumentParser(
         prog="alexnet-train",
         description="Train the AlexNet of Krizhevsky, Sutskever & Hinton (2012) with the paper's recipe on a "
-                    "folder in the ImageNet layout (DATA/train/<class>/*.jpg, DATA/val/<class>/*.jpg). "
-                    "Multi-GPU / multi-node: launch with torchrun (DDP), e.g. "
+                    "folder in the ImageNet layout (DATA/train/<class>/*.jpg, DATA/val/<class>/*.jpg), or another "
+                    "network of the d2l book's chapter on modern CNNs (--arch) with the book's recipe (--recipe d2l) "
+                    "on Fashion-MNIST (--data fashion-mnist:DIR). Defaults shown are those of --recipe and --arch "
+                    f"as given (here: {recipe}, {arch}). Multi-GPU / multi-node: launch with torchrun (DDP), e.g. "
                     "'torchrun --standalone --nproc_per_node 8 -m training.train --data DATA --batch-size 16'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
-    d.add_argument("--data", type=Path, required=True, help="dataset root with train/ and val/ class folders")
+    d.add_argument("--data", required=True,
+                   help="a dataset root with train/ and val/ class folders, or fashion-mnist:DIR for the four "
+                        "Fashion-MNIST IDX files (gzipped or not) in DIR; 'fashion-mnist' alone reads "
+                        f"{fashion_mnist.DEFAULT_ROOT} (Debian's dataset-fashion-mnist package)")
     d.add_argument("--labels", type=Path, default=None,
                    help="human-readable class names: a TSV with columns index, wnid, name (like "
-                        "imagenet_classes.tsv) or one name per line; default: the folder names")
-    d.add_argument("--workers", type=int, default=_default_workers(), help="DataLoader worker processes per process")
-    d.add_argument("--mean-std", choices=("imagenet", "compute"), default="imagenet",
-                   help="per-channel normalisation: ImageNet's mean/std, or computed from the training images")
+                        "imagenet_classes.tsv) or one name per line; default: the folder names (Fashion-MNIST: its "
+                        "class names)")
+    d.add_argument("--subset", type=int, default=None,
+                   help="train on a class-balanced N images and validate on the same fraction of the validation/"
+                        "test images (tests and CPU runs)")
+    d.add_argument("--workers", type=int, default=_default_workers(),
+                   help="DataLoader worker processes per process (image folders; Fashion-MNIST is augmented on the "
+                        "device)")
+    d.add_argument("--mean-std", choices=("imagenet", "compute", "none"), default=r.mean_std,
+                   help="per-channel normalisation: ImageNet's mean/std, computed from the training images, or none "
+                        "(pixels in [0, 1] as they are: the d2l book's ToTensor)")
     d.add_argument("--mean-std-images", type=int, default=10_000,
-                   help="--mean-std compute: use at most this many training images (class-stratified)")
-    d.add_argument("--resize-size", type=int, default=256, help="shorter side, then the central square (paper: 256)")
-    d.add_argument("--pca-std", type=float, default=PCA_ALPHA_STD,
+                   help="--mean-std compute on an image folder: use at most this many training images "
+                        "(class-stratified)")
+    d.add_argument("--resize-size", type=int, default=r.resize_size,
+                   help="shorter side, then the central square (paper: 256; d2l: the network's input size)")
+    d.add_argument("--input-size", type=int, default=r.input_size,
+                   help="the network's input: crops of this size from the resized square (equal sizes: the whole "
+                        "image)")
+    d.add_argument("--pca-std", type=float, default=r.pca_std,
                    help="std of the PCA colour augmentation's α (paper: 0.1; 0 turns it off)")
-    d.add_argument("--no-flip", action="store_true",
-                   help="no random horizontal reflections (for data that is not mirror-symmetric, e.g. digits); "
-                        "the exported crop scheme is then 'center' instead of the paper's ten crops")
+    flip = d.add_mutually_exclusive_group()
+    flip.add_argument("--no-flip", dest="no_flip", action="store_true", default=r.no_flip,
+                      help="no random horizontal reflections (for data that is not mirror-symmetric, e.g. digits); "
+                           "the exported crop scheme is then 'center' instead of the paper's ten crops")
+    flip.add_argument("--flip", dest="no_flip", action="store_false", help="random horizontal reflections")
     d.add_argument("--val-crops", choices=("center", "ten"), default="center",
                    help="validation patches: the centre crop, or the paper's ten crops (softmax averaged; 10x slower)")
     d.add_argument("--limit-train", type=int, default=None, help="use at most N training images (smoke runs)")
     d.add_argument("--limit-val", type=int, default=None, help="use at most N validation images (smoke runs)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--init", choices=INIT_SCHEMES, default="paper",
-                   help="weight init: the paper's N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; Caffe's (biases "
-                        "0.1); or He-normal with zero biases")
+    m.add_argument("--arch", choices=tuple(ARCHITECTURES), default=arch,
+                   help="the network: " + "; ".join(f"{a}: {s.summary}" for a, s in ARCHITECTURES.items()))
+    m.add_argument("--init", choices=INIT_SCHEMES, default=r.init,
+                   help="weight init: the paper's N(0, 0.01) (alexnet: biases 1 in conv2/4/5, fc6/7); Caffe's "
+                        "(alexnet, biases 0.1); He-normal with zero biases; or Xavier-uniform (the d2l book's)")
     m.add_argument("--no-grouping", action="store_true",
-                   help="dense conv2/4/5 (torchvision's variant, 62.4 M parameters) instead of the paper's "
+                   help="alexnet: dense conv2/4/5 (torchvision's variant, 62.4 M parameters) instead of the paper's "
                         "two-GPU connectivity (groups=2, 61.0 M)")
-    m.add_argument("--dropout", type=float, default=0.5, help="dropout probability in fc6 and fc7 (paper: 0.5)")
+    m.add_argument("--dropout", type=float, default=0.5,
+                   help="dropout probability (alexnet, d2l-alexnet, vgg11: fc6 and fc7; nin: before its last block)")
+    m.add_argument("--width-divisor", type=int, default=r.width_divisor,
+                   help="vgg11: divide every convolution's channels by this (the d2l book trains ratio 4)")
 
-    o = p.add_argument_group("recipe (paper defaults)")
-    o.add_argument("--epochs", type=int, default=90, help="total epochs (paper: ~90)")
-    o.add_argument("--batch-size", type=int, default=128, help="images per step and process (paper: 128)")
+    o = p.add_argument_group("recipe")
+    o.add_argument("--recipe", choices=recipes.RECIPES, default=recipe,
+                   help="the defaults of this group and of the data/model options: paper — "
+                        f"{recipes.describe('paper')}; d2l — {recipes.describe('d2l')}")
+    o.add_argument("--epochs", type=int, default=r.epochs, help="total epochs (paper: ~90, d2l: 10)")
+    o.add_argument("--batch-size", type=int, default=r.batch_size, help="images per step and process")
     o.add_argument("--val-batch-size", type=int, default=None, help="validation batch (default: --batch-size)")
-    o.add_argument("--lr", type=float, default=0.01, help="initial learning rate (paper: 0.01)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (paper: 0.9)")
-    o.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (paper: 0.0005)")
+    o.add_argument("--lr", type=float, default=r.lr, help="initial learning rate")
+    o.add_argument("--momentum", type=float, default=r.momentum, help="SGD momentum (paper: 0.9; d2l: none)")
+    o.add_argument("--weight-decay", type=float, default=r.weight_decay, help="weight decay (paper: 0.0005; d2l: 0)")
+    o.add_argument("--lr-schedule", choices=("plateau", "constant"), default=r.lr_schedule,
+                   help="plateau: multiply the learning rate by --lr-factor when the validation top-1 error stops "
+                        "improving (the paper's); constant (the d2l book's)")
     o.add_argument("--lr-factor", type=float, default=0.1,
                    help="multiply the learning rate by this when validation top-1 error stops improving (paper: 0.1)")
     o.add_argument("--lr-patience", type=int, default=5,
@@ -115,23 +175,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "keeps a large network from stalling at chance on small data sets)")
     o.add_argument("--max-steps-per-epoch", type=int, default=None, help="stop each epoch after N steps (smoke runs)")
 
-    r = p.add_argument_group("run")
-    r.add_argument("--output", type=Path, default=None,
-                   help="folder for checkpoints and metrics (default: runs/alexnet, or the folder of --resume)")
-    r.add_argument("--resume", type=Path, default=None,
+    g = p.add_argument_group("run")
+    g.add_argument("--output", type=Path, default=None,
+                   help="folder for checkpoints and metrics (default: runs/<arch>, or the folder of --resume)")
+    g.add_argument("--resume", type=Path, default=None,
                    help="continue from a checkpoint (DIR/last.pt): model, optimizer, scheduler, epoch, history, "
                         "seeds and the recipe options come from it; --epochs may be raised")
-    r.add_argument("--seed", type=int, default=0, help="seed of the init, data order, augmentation and dropout")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    g.add_argument("--seed", type=int, default=0, help="seed of the init, data order, augmentation and dropout")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available, else CPU")
-    r.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                    help="bf16 autocast; auto: on CUDA only (CPUs without native bf16 run it many times slower)")
-    r.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+    g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="NHWC memory format; auto: on CUDA only")
-    r.add_argument("--deterministic", action="store_true",
+    g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms on CUDA too (slower; CPU runs are deterministic anyway)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines are still printed)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines are still printed)")
     return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse with the defaults of the --recipe and --arch on the command line; absent, those of the run being
+    resumed (so `--resume DIR/last.pt` of a d2l run trains to the d2l recipe's 10 epochs), else paper and alexnet."""
+    first = argparse.ArgumentParser(prog="alexnet-train", add_help=False)
+    first.add_argument("--recipe", choices=recipes.RECIPES, default=None)
+    first.add_argument("--arch", choices=tuple(ARCHITECTURES), default=None)
+    first.add_argument("--resume", type=Path, default=None)
+    known, _rest = first.parse_known_args(argv)
+    recorded: dict[str, Any] = {}
+    if known.resume is not None and (known.recipe is None or known.arch is None):
+        with contextlib.suppress(CheckpointError):  # run() reports an unreadable checkpoint
+            recorded = load_checkpoint(known.resume).get("args") or {}
+    recipe = known.recipe or recorded.get("recipe", "paper")
+    arch = known.arch or recorded.get("arch", "alexnet")
+    return build_parser(recipe, arch).parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------------ runtime setup
@@ -220,13 +297,16 @@ def restore_rng_states(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- the loop
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.SGD:
-    """The paper's SGD: momentum 0.9 and weight decay 0.0005 on every weight and bias."""
+    """SGD on every weight and bias: the paper's momentum 0.9 and weight decay 0.0005, or the book's plain SGD."""
     return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
-                    ) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Divide the learning rate by 10 when the validation error stops improving: stepped with top-1 *error*."""
+                    ) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The paper's: divide the learning rate by 10 when the validation error stops improving (stepped with top-1
+    *error*). None for the d2l book's constant rate."""
+    if args.lr_schedule == "constant":
+        return None
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_factor,
                                                       patience=args.lr_patience)
 
@@ -360,7 +440,7 @@ def write_metrics(output: Path, history: Sequence[dict[str, Any]], append: bool)
             writer.writerow({k: row.get(k) for k in METRIC_FIELDS})
 
 
-def _model_state(model: AlexNet) -> dict[str, torch.Tensor]:
+def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
             for k, v in model.state_dict().items()}
 
@@ -416,10 +496,78 @@ def _validate(args: argparse.Namespace) -> None:
         raise TrainError("--dropout must be in [0, 1)")
     if args.lr <= 0 or not 0 < args.lr_factor < 1:
         raise TrainError("--lr must be positive and --lr-factor in (0, 1)")
+    if args.momentum < 0 or args.weight_decay < 0:
+        raise TrainError("--momentum and --weight-decay must be 0 or more")
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise TrainError("--max-steps-per-epoch must be at least 1")
-    if args.resize_size < INPUT_SIZE:
-        raise TrainError(f"--resize-size must be at least the {INPUT_SIZE}-pixel crop")
+    if args.input_size < 1 or args.resize_size < args.input_size:
+        raise TrainError(f"--resize-size ({args.resize_size}) must be at least --input-size ({args.input_size})")
+    if args.subset is not None and (args.subset < 1 or args.limit_train is not None or args.limit_val is not None):
+        raise TrainError("--subset must be at least 1 and replaces --limit-train/--limit-val (give one or the other)")
+    if args.no_grouping and args.arch != "alexnet":
+        raise TrainError("--no-grouping applies to --arch alexnet only")
+    if args.width_divisor < 1 or (args.width_divisor != 1 and args.arch != "vgg11"):
+        raise TrainError("--width-divisor applies to --arch vgg11 only, and must be at least 1")
+    if args.init == "caffe" and args.arch != "alexnet":
+        raise TrainError("--init caffe is the paper's alexnet's (its biases 0.1); use paper, kaiming or xavier")
+
+
+def model_config(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    """What the checkpoint records to rebuild the network (`training.networks.model_from_config`)."""
+    spec = arch_spec(args.arch)
+    options = {"grouped": not args.no_grouping, "dropout": args.dropout, "width_divisor": args.width_divisor}
+    return normalise_model_config({"arch": args.arch, "num_classes": num_classes, "in_channels": spec.in_channels,
+                                   **{k: v for k, v in options.items() if k in spec.options}})
+
+
+@dataclass
+class TrainingData:
+    """What a run trains on: an ImageNet-layout folder (decoded by DataLoader workers) or Fashion-MNIST in memory."""
+
+    name: str  # recorded as the training summary's dataset
+    root: Path
+    classes: list[str]  # label ids in class-index order
+    names: list[str] | None  # their human names, when the data set has them
+    train_count: int
+    val_count: int
+    folders: Folders | None = None
+    memory: fashion_mnist.FashionMNIST | None = None
+
+
+def open_data(spec: str | Path) -> TrainingData:
+    """`--data`: ``fashion-mnist[:DIR]`` or a folder; DatasetError (IdxError included) when it is unusable."""
+    root = fashion_mnist.parse_spec(str(spec))
+    if root is not None:
+        data = fashion_mnist.load(root)
+        return TrainingData(fashion_mnist.SCHEME, root, list(data.classes), list(data.names), len(data.train.labels),
+                            len(data.test.labels), memory=data)
+    folders = open_folders(spec)
+    return TrainingData(folders.root.resolve().name, folders.root, folders.classes, None, len(folders.train),
+                        len(folders.val), folders=folders)
+
+
+def _mean_std(args: argparse.Namespace, data: TrainingData, in_channels: int, rt: Runtime,
+              logm: Callable[[str], None]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if args.mean_std == "none":
+        return (0.0,) * in_channels, (1.0,) * in_channels
+    if args.mean_std == "imagenet":
+        return imagenet_mean_std(in_channels)
+    if data.memory is not None:  # every process computes the same numbers from the same array, in a moment
+        return memory_mean_std(torch.from_numpy(data.memory.train.images[:, None]), in_channels)
+    stats: list[Any] = [None]
+    if rt.main:
+        logm(f"computing the per-channel mean/std of up to {args.mean_std_images} training images ...")
+        stats[0] = compute_mean_std(data.folders.train, args.resize_size, args.mean_std_images, args.seed,
+                                    workers=args.workers, progress=not args.no_progress, in_channels=in_channels)
+    if rt.distributed:
+        dist.broadcast_object_list(stats, src=0)
+    return stats[0]
+
+
+def _loaders(data: TrainingData, cfg: DataConfig, rt: Runtime) -> Loaders:
+    if data.memory is not None:
+        return memory_loaders(data.memory.train, data.memory.test, cfg, rt.device)
+    return build_loaders(data.folders, cfg)
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -434,7 +582,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> T
             raise CheckpointError(f"{args.resume} has no optimizer state: it cannot be resumed")
         _apply_resumed_options(args, resume_ckpt["args"], log)
     _validate(args)
-    output = args.output or (args.resume.parent if args.resume else Path("runs/alexnet"))
+    output = args.output or (args.resume.parent if args.resume else Path("runs") / args.arch)
     if resume_ckpt is None and (output / "last.pt").exists():  # checked on every process: none may start alone
         raise TrainError(f"{output} already holds a run (last.pt); continue it with --resume {output}/last.pt "
                          "or choose another --output")
@@ -455,43 +603,41 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
     if rt.main:
         output.mkdir(parents=True, exist_ok=True)
 
-    folders: Folders = open_folders(args.data)
-    classes = folders.classes
-    labels = labels_for_classes(classes, args.labels)
+    data = open_data(args.data)
+    classes = data.classes
+    labels = labels_for_classes(classes, args.labels, data.names)
+    in_channels = arch_spec(args.arch).in_channels
     if resume_ckpt is not None:
         if resume_ckpt.get("classes") != classes:
             raise CheckpointError(f"{args.resume} was trained on other classes than {args.data} has")
         resumed = preprocessing_from_checkpoint(resume_ckpt)
         mean, std = resumed.mean, resumed.std
-    elif args.mean_std == "compute":
-        stats: list[Any] = [None]
-        if rt.main:
-            logm(f"computing the per-channel mean/std of up to {args.mean_std_images} training images ...")
-            stats[0] = compute_mean_std(folders.train, args.resize_size, args.mean_std_images, args.seed,
-                                        workers=args.workers, progress=progress)
-        if rt.distributed:
-            dist.broadcast_object_list(stats, src=0)
-        mean, std = stats[0]
     else:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        mean, std = _mean_std(args, data, in_channels, rt, logm)
 
-    cfg = DataConfig(root=folders.root, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
-                     workers=args.workers, seed=args.seed, mean=mean, std=std, resize_size=args.resize_size,
-                     crop_size=INPUT_SIZE, pca_std=args.pca_std, flip=not args.no_flip, val_crops=args.val_crops,
-                     limit_train=args.limit_train, limit_val=args.limit_val,
-                     pin_memory=rt.device.type == "cuda", rank=rt.rank, world_size=rt.world_size)
-    loaders = build_loaders(folders, cfg)
+    limit_train, limit_val = args.limit_train, args.limit_val
+    if args.subset is not None:
+        limit_train, limit_val = subset_limits(args.subset, data.train_count, data.val_count, len(classes))
+    cfg = DataConfig(root=data.root, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
+                     workers=args.workers, seed=args.seed, mean=tuple(mean), std=tuple(std),
+                     resize_size=args.resize_size, crop_size=args.input_size, pca_std=args.pca_std,
+                     flip=not args.no_flip, val_crops=args.val_crops, limit_train=limit_train, limit_val=limit_val,
+                     pin_memory=rt.device.type == "cuda", rank=rt.rank, world_size=rt.world_size,
+                     in_channels=in_channels)
+    loaders = _loaders(data, cfg, rt)
     preprocessing = dataclasses.asdict(Preprocessing(
-        resize_size=args.resize_size, crop_size=INPUT_SIZE, mean=tuple(mean), std=tuple(std),
-        crops="center" if args.no_flip else "ten"))
+        resize_size=args.resize_size, crop_size=args.input_size, mean=tuple(mean), std=tuple(std),
+        crops="center" if args.no_flip else "ten", input_channels=in_channels))
     preprocessing = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocessing.items()}
 
     torch.manual_seed(derive_seed(args.seed, 0x1A17))  # the same init on every process (DDP broadcasts rank 0's too)
-    model_config = {"num_classes": len(classes), "grouped": not args.no_grouping, "dropout": args.dropout}
-    model = build_alexnet(init=args.init, **model_config)
+    config = model_config(args, len(classes))
+    model = build_model(**config)
+    initialize(model, args.init)
     if resume_ckpt is not None:
-        if resume_ckpt["model_config"] != model_config:
-            raise CheckpointError(f"{args.resume}: model {resume_ckpt['model_config']} differs from {model_config}")
+        recorded = normalise_model_config(resume_ckpt["model_config"])
+        if recorded != config:
+            raise CheckpointError(f"{args.resume}: model {recorded} differs from {config}")
         model.load_state_dict(resume_ckpt["model_state"])
     model.to(rt.device)
     if rt.channels_last:
@@ -505,20 +651,24 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
     start_epoch, history, best = 0, [], {"epoch": None, "val_top1": -1.0}
     if resume_ckpt is not None:
         optimizer.load_state_dict(resume_ckpt["optimizer_state"])
-        scheduler.load_state_dict(resume_ckpt["scheduler_state"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume_ckpt["scheduler_state"])
         start_epoch, history, best = resume_ckpt["epoch"], list(resume_ckpt["history"]), dict(resume_ckpt["best"])
         restore_rng_states(resume_ckpt["rng"])
         if rt.main:
             write_metrics(output, history, append=False)  # drop lines of epochs after the checkpoint, if any
         logm(f"resumed from {args.resume} after epoch {start_epoch} (lr {optimizer.param_groups[0]['lr']:g})")
 
-    dataset_name = folders.root.resolve().name
-    sizes = (loaders.train_images, loaders.val_images)  # what was used (after --limit-*)
-    logm(f"AlexNet ({'grouped' if model.grouped else 'ungrouped'}, {model.describe()['parameters']:,} parameters, "
-         f"init {args.init}) on {rt.device}{f' × {rt.world_size} processes' if rt.distributed else ''}, "
-         f"amp {'bf16' if rt.amp else 'off'}, channels_last {'on' if rt.channels_last else 'off'}; "
-         f"{len(classes)} classes, {loaders.train_images} train / {loaders.val_images} val images; "
-         f"batch {args.batch_size}{' per process' if rt.distributed else ''}, {args.workers} workers")
+    sizes = (loaders.train_images, loaders.val_images)  # what was used (after --subset/--limit-*)
+    grouping = "" if args.arch != "alexnet" else f"{'grouped' if model.grouped else 'ungrouped'}, "
+    logm(f"{args.arch} ({grouping}{count_parameters(model):,} parameters, init {args.init}) on {rt.device}"
+         f"{f' × {rt.world_size} processes' if rt.distributed else ''}, amp {'bf16' if rt.amp else 'off'}, "
+         f"channels_last {'on' if rt.channels_last else 'off'}; {data.name}: {len(classes)} classes, "
+         f"{loaders.train_images} train / {loaders.val_images} val images, {args.input_size}×{args.input_size} "
+         f"{'crops of ' + str(args.resize_size) if args.input_size < args.resize_size else 'resized'}; "
+         f"{args.recipe} recipe: batch {args.batch_size}{' per process' if rt.distributed else ''}, lr {args.lr:g} "
+         f"({args.lr_schedule}), momentum {args.momentum:g}, weight decay {args.weight_decay:g}"
+         f"{f', {args.workers} workers' if data.folders is not None else ', data on ' + str(rt.device)}")
     if rt.distributed:
         # One line per process, so a launch shows that every rank came up.
         log(f"[rank {rt.rank}/{rt.world_size}] {rt.device}, backend {dist.get_backend()}, "
@@ -535,7 +685,8 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
                                       args.max_steps_per_epoch, progress, args.lr, args.warmup_epochs)
         lr = optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
         val_stats = evaluate(model, loaders.val, rt, progress)
-        scheduler.step(1.0 - val_stats["val_top1"])  # the validation top-1 *error*
+        if scheduler is not None:
+            scheduler.step(1.0 - val_stats["val_top1"])  # the validation top-1 *error*
         row = {"epoch": epoch + 1, **train_stats, **val_stats, "lr": lr,
                "epoch_time_s": time.perf_counter() - epoch_start,
                "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -545,12 +696,13 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
             best = {"epoch": epoch + 1, "val_top1": row["val_top1"]}
         if rt.main:
             state = {
-                "model_config": model_config, "model_state": _model_state(model),
+                "model_config": config, "model_state": _model_state(model),
                 "labels": [[lab.id, lab.name] for lab in labels], "classes": classes,
                 "preprocessing": preprocessing,
-                "summary": _summary(dataset_name, epoch + 1, *sizes, row, best["epoch"]),
+                "summary": _summary(data.name, epoch + 1, *sizes, row, best["epoch"]),
                 "epoch": epoch + 1, "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(), "best": best, "history": history,
+                "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+                "best": best, "history": history,
                 "args": _namespace_record(args), "init": args.init, "rng": rng_states(),
                 "world_size": rt.world_size,
             }
@@ -570,10 +722,10 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         run(args)
-    except (DatasetError, LabelsError, CheckpointError, TrainError) as exc:
+    except (DatasetError, LabelsError, CheckpointError, TrainError, ArchError) as exc:
         print(f"alexnet-train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
