@@ -305,7 +305,8 @@ def bench_step(version, ctx: Context) -> dict[str, Any]:
     if rc != 0:
         raise RuntimeError(f"alexnet-bench exited with {rc}")
     result = json.loads(path.read_text())
-    levels = [{"target": r["target"], "crops": r["crops"], "concurrency": r["concurrency"], "images_per_s": r["images_per_s"],
+    levels = [{"target": r["target"], "crops": r["crops"], "concurrency": r["concurrency"],
+               "images_per_s": r["images_per_s"],
                "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"], "errors": r["errors"],
                "mean_batch_patches": r.get("batching", {}).get("mean_batch_patches")} for r in result["runs"]]
     return {"json": str(path), "levels": levels}
@@ -420,11 +421,12 @@ def markdown(report: dict[str, Any]) -> str:
     served = [r for r in report["runs"] if r.get("bench", {}).get("levels")]
     if served:
         lines += ["## Served (alexnet-serve + alexnet-bench)", "",
-                  "| network | recipe | crops | concurrency | images/s | p50 ms | p99 ms | errors |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| network | recipe | path | crops | concurrency | images/s | p50 ms | p99 ms | errors |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in served:
             for lv in row["bench"]["levels"]:
-                lines.append(f"| {row['arch']} | {row['recipe']} | {lv['crops']} | {lv['concurrency']} | "
+                path = "v2 infer" if lv.get("target", "").endswith("v2") else "/predict"
+                lines.append(f"| {row['arch']} | {row['recipe']} | {path} | {lv['crops']} | {lv['concurrency']} | "
                              f"{lv['images_per_s']:.1f} | {lv['p50_ms']:.0f} | {lv['p99_ms']:.0f} | {lv['errors']} |")
         lines.append("")
     for row in report["runs"]:
