@@ -17,6 +17,7 @@ from typing import Any, Literal
 FORMAT_VERSION = 1
 
 CropScheme = Literal["ten", "center"]
+Interpolation = Literal["bilinear", "bicubic"]  # Pillow's antialiased filters, which the service resizes with
 Precision = Literal["fp32", "int8"]
 # How a 1-channel model sees an RGB image: its luma, Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601), the weights of
 # Pillow's convert("L") and, to within 1e-4, of torchvision's Grayscale. They sum to 1, so a grey image (R = G = B)
@@ -42,23 +43,24 @@ class Label:
 class Preprocessing:
     """How an image becomes the network's input (the paper's evaluation procedure).
 
-    The shorter side is resized to `resize_size` (bilinear, antialiased), the central square of that
+    The shorter side is resized to `resize_size` (`interpolation`, antialiased), the central square of that
     size is cut out, and `crop_size` patches are taken from it: the centre one, or with `crops="ten"` the
     four corners and the centre plus their horizontal flips (`crops` is the scheme the model was trained
     for; clients may ask for the other). With `resize_size == crop_size` the network sees the whole resized
     image (the d2l book's Fashion-MNIST models). Pixels are scaled to [0, 1]; a model with
     `input_channels` 1 takes the luma of the RGB image (`LUMA_WEIGHTS`), one with 3 takes RGB; each channel is
-    normalised with `mean`/`std` (one value per input channel); the network takes NCHW float32.
+    normalised with `mean`/`std` (one value per input channel); the network takes NCHW float32. A value the
+    reader does not know (an interpolation, a crop scheme) fails the parse, so a model is refused at load rather
+    than served differently from how it was trained. (Earlier stores also wrote `channel_order` "RGB" and
+    `layout` "NCHW", which said nothing the format does not fix; readers ignore them.)
     """
 
     resize_size: int = 256
     crop_size: int = 224
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
+    interpolation: Interpolation = "bilinear"
     crops: CropScheme = "ten"
-    channel_order: str = "RGB"
-    layout: str = "NCHW"
     input_channels: int = 3  # added after format 1's first stores: their metadata lacks it and means 3 (RGB)
 
 

@@ -88,7 +88,8 @@ def patches(version: ModelVersion, batch: int, jpegs: Sequence[bytes]) -> np.nda
     from service.preprocess import image_to_crops
 
     pre = version.metadata.preprocessing
-    crops = np.concatenate([image_to_crops(j, "ten", pre.resize_size, pre.crop_size) for j in jpegs])
+    crops = np.concatenate([image_to_crops(j, "ten", pre.resize_size, pre.crop_size, interpolation=pre.interpolation)
+                            for j in jpegs])
     reps = -(-batch // len(crops))
     return np.ascontiguousarray(np.concatenate([crops] * reps)[:batch])
 

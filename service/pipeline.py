@@ -109,7 +109,7 @@ class Pipeline:
     def prepare(self, data: bytes, schemes: Sequence[CropScheme]) -> PreparedImage:
         """One encoded image → its patches per scheme (synchronous; called in a worker thread)."""
         pre = self.preprocessing
-        return prepare_image(data, schemes, pre.resize_size, pre.crop_size, self.limits)
+        return prepare_image(data, schemes, pre.resize_size, pre.crop_size, self.limits, pre.interpolation)
 
     async def preprocess(self, images: Sequence[bytes],
                          schemes: Sequence[CropScheme]) -> list[tuple[PreparedImage | ImageError, float]]:

@@ -2,7 +2,8 @@
 
 The one implementation of preprocessing: the service's pipeline (service/pipeline.py), which every transport
 and `alexnet-eval` go through, calls `prepare_image`.
-It reproduces torchvision's ``Resize(256)`` (Pillow bilinear, antialiased), ``CenterCrop(256)`` and
+It reproduces torchvision's ``Resize(256)`` (Pillow's bilinear or bicubic filter, antialiased, as the model's
+metadata says), ``CenterCrop(256)`` and
 ``TenCrop(224)`` pixel for pixel, without PyTorch. Normalisation (mean/std) happens in the serving
 graph, so what travels to the model is uint8, a quarter of the bytes of float32.
 
@@ -184,8 +185,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def resize_square(img: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to `size`, then the central size×size patch: torchvision's Resize + CenterCrop.
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}  # metadata's names
+
+
+def resize_square(img: Image.Image, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Shorter side to `size`, then the central size×size patch: torchvision's Resize + CenterCrop (on a PIL
+    image torchvision calls the same Pillow filter, antialiased; `interpolation` is the model's).
 
     For an image that decode_image drafted, sizes are computed from the stored image's full size and the
     resize maps from the exact extent the decoded pixels cover, so only the decoder's filter differs.
@@ -204,9 +209,9 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
         x0, y0, x1, y1 = extent if extent is not None else (0.0, 0.0, *img.size)
         sx, sy = (x1 - x0) / new_w, (y1 - y0) / new_h
         box = (x0 + left * sx, y0 + top * sy, x0 + (left + size) * sx, y0 + (top + size) * sy)
-        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box))
+        return np.asarray(img.resize((size, size), RESAMPLING[interpolation], box=box))
     if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        img = img.resize((new_w, new_h), RESAMPLING[interpolation])
     return np.asarray(img)[top:top + size, left:left + size]
 
 
@@ -239,9 +244,10 @@ def crop_patches(square: np.ndarray, crop: int, scheme: CropScheme) -> np.ndarra
 
 
 def image_to_crops(data: bytes, scheme: CropScheme, resize_size: int, crop_size: int,
-                   limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+                   limits: DecodeLimits = DEFAULT_LIMITS, interpolation: str = "bilinear") -> np.ndarray:
     """Uploaded bytes → uint8 patches [n, crop, crop, 3] (n = 10 or 1), ready for the serving graph."""
-    return crop_patches(resize_square(decode_image(data, resize_size, limits), resize_size), crop_size, scheme)
+    square = resize_square(decode_image(data, resize_size, limits), resize_size, interpolation)
+    return crop_patches(square, crop_size, scheme)
 
 
 @dataclass(frozen=True)
@@ -255,8 +261,8 @@ class PreparedImage:
 
 
 def prepare_image(data: bytes, schemes: Sequence[CropScheme], resize_size: int, crop_size: int,
-                  limits: DecodeLimits = DEFAULT_LIMITS) -> PreparedImage:
+                  limits: DecodeLimits = DEFAULT_LIMITS, interpolation: str = "bilinear") -> PreparedImage:
     """Decode and resize once, cut the patches of every scheme asked for, and keep the file's format and size."""
     img, fmt, (width, height) = _decode(data, resize_size, limits)
-    square = resize_square(img, resize_size)
+    square = resize_square(img, resize_size, interpolation)
     return PreparedImage({scheme: crop_patches(square, crop_size, scheme) for scheme in schemes}, fmt, width, height)

@@ -180,20 +180,24 @@ def test_small_images_are_upscaled():
 
 
 # -- patches against torchvision --------------------------------------------------------------------------
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (50, 40), (256, 256), (257, 1000), (1000, 256), (333, 333)])
-def test_patches_equal_torchvision_tencrop(size):
+def test_patches_equal_torchvision_tencrop(size, interpolation):
     from torchvision.transforms import v2
 
+    mode = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}[interpolation]
     src = Image.fromarray(np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), np.uint8))
-    ref = v2.Compose([v2.Resize(256, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-                      v2.CenterCrop(256), v2.TenCrop(224)])(src)
+    ref = v2.Compose([v2.Resize(256, interpolation=mode, antialias=True), v2.CenterCrop(256), v2.TenCrop(224)])(src)
     expected = np.stack([np.asarray(p) for p in ref])
-    got = crop_patches(resize_square(src, 256), 224, "ten")
+    got = crop_patches(resize_square(src, 256, interpolation), 224, "ten")
     assert got.shape == expected.shape == (10, 224, 224, 3)
     assert (got == expected).all()
-    centre = v2.Compose([v2.Resize(256, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-                         v2.CenterCrop(256), v2.CenterCrop(224)])(src)
-    assert (crop_patches(resize_square(src, 256), 224, "center")[0] == np.asarray(centre)).all()
+    centre = v2.Compose([v2.Resize(256, interpolation=mode, antialias=True), v2.CenterCrop(256),
+                         v2.CenterCrop(224)])(src)
+    assert (crop_patches(resize_square(src, 256, interpolation), 224, "center")[0] == np.asarray(centre)).all()
+    if min(size) != 256:  # a resize happens, and the two filters really differ: the model's choice is obeyed
+        other = "bicubic" if interpolation == "bilinear" else "bilinear"
+        assert (resize_square(src, 256, other) != resize_square(src, 256, interpolation)).any()
 
 
 def test_extreme_aspect_ratio_resizes_only_the_centre():

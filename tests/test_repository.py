@@ -137,6 +137,11 @@ def _publish_broken(store: Path, kind: str) -> int:
         onnx.write_bytes(data[: len(data) // 3])
     elif kind == "missing-file":
         (folder / "model.onnx").unlink()
+    elif kind in ("interpolation", "crops"):  # values this service does not know: refused, never guessed at
+        meta = json.loads((folder / "metadata.json").read_text())
+        meta["preprocessing"][kind] = {"interpolation": "lanczos", "crops": "five"}[kind]
+        (folder / "metadata.json").unlink()  # a fresh file, not a write through a hard link
+        (folder / "metadata.json").write_text(json.dumps(meta))
     elif kind == "wrong-version":
         meta = json.loads((folder / "metadata.json").read_text())
         meta["version"] = 1
@@ -147,6 +152,8 @@ def _publish_broken(store: Path, kind: str) -> int:
 @pytest.mark.parametrize(("kind", "reason"), [
     ("sha256", "does not match metadata"), ("metadata", "not valid JSON"), ("half-copied", "does not match"),
     ("missing-file", "model.onnx is missing"), ("wrong-version", "describes testnet v1, not the folder testnet/2"),
+    ("interpolation", "preprocessing.interpolation: 'lanczos' is not one of ('bilinear', 'bicubic')"),
+    ("crops", "preprocessing.crops: 'five' is not one of ('ten', 'center')"),
 ])
 def test_a_broken_version_never_takes_traffic(store, kind, reason):
     async def scenario():
