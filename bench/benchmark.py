@@ -125,10 +125,18 @@ def console_script(name: str, module: str) -> list[str]:
     return [exe] if exe else [sys.executable, "-m", module]
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A server process started here: where it answers, and its pid (for its memory, in bench/stress.py)."""
+
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
 def server(command: list[str], ready_path: str, ready: Callable[[Any], bool], log_path: Path, port: int,
-           env: dict[str, str], timeout: float = 300) -> Iterator[str]:
-    """Start a server process, wait until `ready_path` says so, yield its URL; always stop it."""
+           env: dict[str, str], timeout: float = 300) -> Iterator[Endpoint]:
+    """Start a server process, wait until `ready_path` says so, yield where it answers; always stop it."""
     import httpx
 
     url = f"http://127.0.0.1:{port}"
@@ -149,7 +157,7 @@ def server(command: list[str], ready_path: str, ready: Callable[[Any], bool], lo
                 if r.status_code == 200 and ready(r.json()):
                     break
             time.sleep(0.2)
-        yield url
+        yield Endpoint(url, process.pid)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -566,7 +574,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         targets = []
         for label, version, env in services:
             log(f"{label}: starting alexnet-serve on {version.path} ...")
-            url = servers.enter_context(service_server(version, workdir, env, label))
+            url = servers.enter_context(service_server(version, workdir, env, label)).url
             ceiling = None
             if not args.no_ceiling and label != "fp32 unbatched":
                 ceiling = Ceiling(version, settings)
@@ -575,7 +583,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 targets.append(Target("service fp32 v2", url, protocol="v2", model=version.name))
         if not args.no_baseline:
             log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
-            targets.append(Target("naive baseline", servers.enter_context(baseline_server(workdir))))
+            targets.append(Target("naive baseline", servers.enter_context(baseline_server(workdir)).url))
         result["runs"] = sweep(targets, images, plan, log)
         servers.close()  # the rollover measurement has the machine to itself
         if not args.no_rollover:

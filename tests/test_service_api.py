@@ -394,7 +394,7 @@ def test_thread_runner_bounds_its_queue():
     from service.metrics import Metrics
 
     class Slow:
-        def predict(self, patches):
+        def predict(self, patches, *, release_memory=False):
             time.sleep(0.3)
             return np.zeros((len(patches), 10), np.float32)
 
