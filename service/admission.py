@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Admission:
         self.max_bytes, self.max_images = max_bytes, max_images
         self.retry_after = retry_after
         self.metrics = metrics
+        self.last_end = time.monotonic()  # when a request last ended: how long the service has been idle
         self.bytes = 0
         self.images = 0
         self.requests = 0
@@ -72,6 +74,7 @@ class Admission:
         finally:
             ticket.release()
             self.requests -= 1
+            self.last_end = time.monotonic()
 
     def _refuse(self, what: str, asked: int, held: int, limit: int) -> Overloaded:
         if self.metrics is not None:

@@ -144,8 +144,7 @@ class BatchingRunner(InferenceRunner):
             except BaseException:
                 self._slots.release()
                 raise
-            # nothing else waiting: this run gives the arena's spare memory back at its end (ClassifierModel.predict)
-            task = asyncio.create_task(self._run(batch, release_memory=not self._queue), name="batch-run")
+            task = asyncio.create_task(self._run(batch), name="batch-run")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -198,10 +197,10 @@ class BatchingRunner(InferenceRunner):
             self.metrics.queue_wait.observe(now - chunk.enqueued)
         return batch
 
-    async def _run(self, batch: list[_Chunk], release_memory: bool = False) -> None:
+    async def _run(self, batch: list[_Chunk]) -> None:
         try:
             try:
-                probs = await anyio.to_thread.run_sync(self._predict, [c.patches for c in batch], release_memory,
+                probs = await anyio.to_thread.run_sync(self._predict, [c.patches for c in batch],
                                                        limiter=self._threads)
             except Exception as exc:
                 log.exception("a model run for %d requests failed", len(batch))
@@ -219,11 +218,11 @@ class BatchingRunner(InferenceRunner):
         finally:
             self._slots.release()
 
-    def _predict(self, parts: list[np.ndarray], release_memory: bool = False) -> np.ndarray:
+    def _predict(self, parts: list[np.ndarray]) -> np.ndarray:
         """In the worker thread: the batch is assembled here (one copy), not on the event loop."""
         patches = parts[0] if len(parts) == 1 else np.concatenate(parts)
         start = time.perf_counter()
-        probs = self.model.predict(patches, release_memory=release_memory)
+        probs = self.model.predict(patches)
         self.metrics.inference_time.observe(time.perf_counter() - start)
         self.metrics.inference_batch.observe(len(patches))
         return probs

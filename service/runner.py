@@ -72,13 +72,13 @@ class ThreadRunner(InferenceRunner):
         finally:
             self._waiting -= 1
         try:
-            return await anyio.to_thread.run_sync(self._run, patches, self._waiting == 0, limiter=self._threads)
+            return await anyio.to_thread.run_sync(self._run, patches, limiter=self._threads)
         finally:
             self._slots.release()
 
-    def _run(self, patches: np.ndarray, release_memory: bool) -> np.ndarray:
+    def _run(self, patches: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        probs = self.model.predict(patches, release_memory=release_memory)  # when nothing else waits
+        probs = self.model.predict(patches)
         self.metrics.inference_time.observe(time.perf_counter() - start)
         self.metrics.inference_batch.observe(len(patches))
         return probs

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         0, ge=0, description="images held at once (parsed, being decoded or classified) before new requests get 503 "
                              "at once; 0 = one per 4 MiB of that 1/32 of memory, at most 256")
 
+    reclaim_idle_seconds: float = Field(
+        2.0, ge=0, description="after this long with no request in flight, give memory back (ONNX Runtime's arena "
+                               "and glibc's free pages), so a burst's memory does not stay; 0 = never")
+
     # -- concurrency --------------------------------------------------------------------------------------
     decode_threads: int = Field(0, ge=0, description="threads decoding images per worker; 0 = CPU count")
     inference_concurrency: int = Field(1, ge=1, description="model runs at the same time per worker")

@@ -7,12 +7,16 @@ Retry-After) and turns ready once every model it serves has a loaded, warmed-up 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 import anyio
+import anyio.to_thread
 import onnxruntime as ort
 
 from alexnet_store import ModelStore, ModelVersion
@@ -23,7 +27,7 @@ from service.errors import Conflict, NotReady
 from service.metrics import Metrics
 from service.model import ClassifierModel, RuntimeOptions, resolve_providers
 from service.preprocess import DecodeLimits
-from service.repository import Loader, ModelRepository
+from service.repository import Loader, ModelRepository, trim_heap
 from service.runner import InferenceRunner, ThreadRunner
 from service.settings import Settings
 from service.uploads import UploadLimits
@@ -74,6 +78,7 @@ class ServiceState:
             retry_after=settings.retry_after_seconds)
         self.requested_providers = resolve_providers(settings.provider_request)
         self.api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None
+        self._reclaimer: asyncio.Task[None] | None = None
         max_bytes, max_images = default_limits()
         self.admission = Admission(max_bytes=settings.max_inflight_bytes or max_bytes,
                                    max_images=settings.max_inflight_images or max_images,
@@ -82,6 +87,8 @@ class ServiceState:
     async def start(self) -> None:
         """Load what the version policies select; with `exit_on_load_failure`, exit if a model has no version."""
         repository = self.repository
+        if self.settings.reclaim_idle_seconds > 0:
+            self._reclaimer = asyncio.create_task(self.reclaim_when_idle(), name="reclaim-memory")
         await repository.start()
         if repository.ready:
             return
@@ -92,7 +99,34 @@ class ServiceState:
             sys.stderr.flush()
             os._exit(LOAD_FAILURE_EXIT_CODE)
 
+    async def reclaim_when_idle(self) -> None:
+        """Once the service has been idle for `reclaim_idle_seconds` after some work, give memory back: each loaded
+        version's ONNX Runtime arena shrinks (a one-patch run, ClassifierModel.release_memory) and glibc returns its
+        free pages (malloc_trim). A burst's memory then goes back within seconds of its end, and sustained load
+        pays nothing. bench/stress.py burst measures it (docs/api.md#memory)."""
+        wait = self.settings.reclaim_idle_seconds
+        reclaimed = time.monotonic()
+        while True:
+            await asyncio.sleep(max(0.5, wait / 2))
+            admission = self.admission
+            if admission.requests or admission.last_end <= reclaimed or time.monotonic() - admission.last_end < wait:
+                continue
+            models = [v.model for versions in self.repository.served.values() for v in versions.values()]
+            await anyio.to_thread.run_sync(self._reclaim, models)
+            reclaimed = time.monotonic()
+
+    @staticmethod
+    def _reclaim(models: list[ClassifierModel]) -> None:
+        for model in models:
+            if model.ready:
+                model.release_memory()
+        trim_heap()
+
     async def stop(self) -> None:
+        if self._reclaimer is not None:
+            self._reclaimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reclaimer
         await self.repository.stop()
         self.metrics.worker_exit()
 

@@ -139,3 +139,34 @@ def test_v2_infer_is_admitted_too(exported):
             r = c.post("/v2/models/testnet/infer", json=body)
             assert r.status_code == 503 and set(r.json()) == {"error"} and "images" in r.json()["error"]
         assert c.post("/v2/models/testnet/infer", json=body).status_code == 200
+
+
+def test_memory_is_reclaimed_once_after_work_when_idle(exported, loaded_model):
+    """After a request, once nothing has been in flight for reclaim_idle_seconds, each loaded version's arena is
+    shrunk (ClassifierModel.release_memory) — once, not again while the service stays idle."""
+    from helpers import reuse
+
+    root, _, _ = exported
+    released = []
+    base = reuse(loaded_model)
+
+    def loader(version):
+        model = base(version)
+        model.release_memory = lambda: released.append(time.monotonic())  # the session is shared: count only
+        return model
+
+    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning",
+                        repository_poll_seconds=0, reclaim_idle_seconds=0.5)
+    with TestClient(create_app(settings, loader=loader)) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)
+        assert released == []  # loading and probes are not work
+        assert c.post("/predict", files={"file": ("a.jpg", PHOTO)}).status_code == 200
+        done = time.monotonic()
+        time.sleep(2.0)
+        assert len(released) == 1 and released[0] - done >= 0.5
+        time.sleep(1.5)
+        assert len(released) == 1

@@ -33,7 +33,6 @@ class RecordingModel:
         self.model = model
         self.metadata = model.metadata
         self.batches: list[int] = []
-        self.released: list[bool] = []  # whether each run gave ONNX Runtime's spare arena memory back
         self.gate = gate
         self.entered = threading.Event()
 
@@ -42,7 +41,6 @@ class RecordingModel:
         if self.gate is not None:
             self.gate.wait(30)
         self.batches.append(len(patches))
-        self.released.append(release_memory)
         return self.model.predict(patches, release_memory=release_memory)
 
 
@@ -88,8 +86,6 @@ def test_rows_go_back_to_their_request_and_max_batch_holds(loaded_model):
     assert len(recorder.batches) < len(sizes) + 1  # requests were merged (25 is split in two chunks)
     total, runs = histogram(metrics.batch_requests)
     assert runs == len(recorder.batches) and total > runs
-    # only a run that leaves nothing waiting gives the arena's memory back: the last one, not those before it
-    assert recorder.released[-1] and not all(recorder.released)
 
 
 def test_max_delay_flushes_a_lone_request(loaded_model):
