@@ -101,13 +101,17 @@ class Ticket:
         a = self.admission
         return a.bytes == self.bytes and a.images == self.images
 
-    def charge_bytes(self, count: int) -> None:
+    def _charge(self, resource: str, count: int) -> None:
         a = self.admission
-        if a.bytes + count > a.max_bytes and not self._alone():
-            raise a._refuse("bytes", count, a.bytes, a.max_bytes)
-        a.bytes += count
-        self.bytes += count
+        held, limit = getattr(a, resource), getattr(a, f"max_{resource}")
+        if held + count > limit and not self._alone():
+            raise a._refuse(resource, count, held, limit)
+        setattr(a, resource, held + count)
+        setattr(self, resource, getattr(self, resource) + count)
         a._publish()
+
+    def charge_bytes(self, count: int) -> None:
+        self._charge("bytes", count)
 
     def received(self, total: int) -> None:
         """The body has reached `total` bytes: charge what goes beyond what was charged already."""
@@ -115,12 +119,7 @@ class Ticket:
             self.charge_bytes(total - self.bytes)
 
     def charge_images(self, count: int) -> None:
-        a = self.admission
-        if a.images + count > a.max_images and not self._alone():
-            raise a._refuse("images", count, a.images, a.max_images)
-        a.images += count
-        self.images += count
-        a._publish()
+        self._charge("images", count)
 
     def release(self) -> None:
         a = self.admission

@@ -230,6 +230,12 @@ class ModelRepository:
                    f"versions {versions}"
         return f"model {name!r} has no loadable version ({'; '.join(failures)})"
 
+    def require_known(self, name: str) -> None:
+        """NotFound (404) naming the models there are, for a model the store does not hold and nothing serves."""
+        if name not in self.known():
+            raise NotFound(f"no model named {name!r} (models: {', '.join(self.known()) or 'none'})",
+                           reason="unknown_model")
+
     # -- leasing a version for one request ------------------------------------------------------------------
     def resolve(self, name: str | None, version: int | None) -> ServedVersion:
         if name is None:
@@ -246,9 +252,7 @@ class ModelRepository:
             served = self.default_version(name)
             if served is not None:
                 return served
-            if name not in self.known():
-                raise NotFound(f"no model named {name!r} (models: {', '.join(self.known()) or 'none'})",
-                               reason="unknown_model")
+            self.require_known(name)
             if name in self.unloaded:
                 raise NotFound(f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load",
                                reason="unloaded")
@@ -257,9 +261,7 @@ class ModelRepository:
         served = versions.get(version)
         if served is not None:
             return served
-        if name not in self.known():
-            raise NotFound(f"no model named {name!r} (models: {', '.join(self.known()) or 'none'})",
-                           reason="unknown_model")
+        self.require_known(name)
         if version not in self.store_versions(name) and (name, version) not in self.records:
             raise NotFound(f"model {name!r} has no version {version} (versions: {self.store_versions(name)})",
                            reason="unknown_version")
@@ -410,9 +412,7 @@ class ModelRepository:
     # -- explicit control (Triton's model repository extension) -----------------------------------------------
     async def load(self, name: str) -> list[VersionStatus]:
         """Load `name` now by its policy (again trying versions that failed); ServiceUnavailable if none loads."""
-        if name not in self.known():
-            raise NotFound(f"no model named {name!r} in the store (models: {', '.join(self.known()) or 'none'})",
-                           reason="unknown_model")
+        self.require_known(name)
         self.unloaded.discard(name)
         for key in [k for k, r in self.records.items() if k[0] == name and r.signature is not None]:
             del self.records[key]
@@ -426,9 +426,7 @@ class ModelRepository:
 
     async def unload(self, name: str) -> list[VersionStatus]:
         """Unload every version of `name` (after their requests finish) and keep it unloaded until `load`."""
-        if name not in self.known():
-            raise NotFound(f"no model named {name!r} (models: {', '.join(self.known()) or 'none'})",
-                           reason="unknown_model")
+        self.require_known(name)
         self.unloaded.add(name)
         await self.sync([name])
         await self.drain()

@@ -178,3 +178,45 @@ def python_without(blocked: list[str], code: str, timeout: float = 600) -> subpr
     that probe for optional packages (PyTorch does) behave as they would there."""
     return subprocess.run([sys.executable, "-c", _BLOCKER.format(blocked=sorted(blocked)) + code], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+async def asgi_post(app, headers: dict[str, str], chunks, path: str = "/predict", *, with_headers: bool = False):
+    """POST straight into an ASGI app, the body in `chunks`; returns the status, the JSON answer (and, with
+    `with_headers`, the answer's headers) and how many body bytes the app read: what limits and admission
+    control are judged by."""
+    import asyncio
+    import json
+
+    consumed = 0
+    iterator = iter(chunks)
+    response: dict = {"body": b"", "headers": {}}
+    ended = False
+
+    async def receive():
+        nonlocal consumed, ended
+        if ended:
+            await asyncio.sleep(3600)  # a client that has sent everything waits for the answer
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            ended = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        consumed += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            response["status"] = message["status"]
+            response["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            response["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "server": ("test", 80), "client": ("test", 1),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    await app(scope, receive, send)
+    body = json.loads(response["body"])
+    if with_headers:
+        return response["status"], body, response["headers"], consumed
+    return response["status"], body, consumed

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import warnings
 
 import pytest
-from helpers import SKLEARN_IMAGES
+from helpers import SKLEARN_IMAGES, asgi_post
 
 from service.admission import MIB, Admission, default_limits
 from service.app import create_app
@@ -51,32 +50,9 @@ def test_defaults_follow_the_memory():
     assert default_limits(512 * MIB) == (32 * MIB, 32)
 
 
-async def _post(app, body: bytes, headers: dict[str, str]) -> tuple[int, dict, dict, int]:
-    """One raw ASGI request; returns status, JSON body, headers and how many body bytes the app read."""
-    sent = {"done": False}
-    read = {"bytes": 0}
-    response: dict = {"body": b"", "headers": {}}
-
-    async def receive():
-        if sent["done"]:
-            await asyncio.sleep(3600)
-        sent["done"] = True
-        read["bytes"] += len(body)
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            response["status"] = message["status"]
-            response["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
-        elif message["type"] == "http.response.body":
-            response["body"] += message.get("body", b"")
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
-             "root_path": "", "server": ("test", 80), "client": ("test", 1),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-    await app(scope, receive, send)
-    return response["status"], json.loads(response["body"]), response["headers"], read["bytes"]
+async def post(app, body: bytes, headers: dict[str, str]) -> tuple[int, dict, dict, int]:
+    status, body_json, response_headers, read = await asgi_post(app, headers, [body], with_headers=True)
+    return status, body_json, response_headers, read
 
 
 def multipart(*files: bytes) -> tuple[bytes, dict[str, str]]:
@@ -100,16 +76,16 @@ def test_over_budget_is_503_before_the_body_is_read(exported):
             admission = state.admission
             one = multipart(PHOTO)
             with admission.ticket(len(PHOTO) * 2 - 1000):  # another request's body already held
-                status, body, headers, read = await _post(app, *multipart(PHOTO, PHOTO))
+                status, body, headers, read = await post(app, *multipart(PHOTO, PHOTO))
                 assert (status, body["reason"], headers["retry-after"], read) == (503, "overloaded", "2", 0)
                 assert "bytes" in body["detail"]
-                status, _, _, read = await _post(app, *one)  # a small one still fits
+                status, _, _, read = await post(app, *one)  # a small one still fits
                 assert status == 200 and read == len(one[0])
             with admission.ticket(1) as other:
                 other.charge_images(1)  # another request's image already held: two more do not fit
-                status, body, _, _ = await _post(app, *multipart(PHOTO, PHOTO))
+                status, body, _, _ = await post(app, *multipart(PHOTO, PHOTO))
                 assert status == 503 and "images" in body["detail"]
-            status, body, _, _ = await _post(app, *multipart(PHOTO, PHOTO))  # alone again: admitted
+            status, body, _, _ = await post(app, *multipart(PHOTO, PHOTO))  # alone again: admitted
             assert status == 200 and len(body["results"]) == 2
             assert (admission.bytes, admission.images, admission.requests) == (0, 0, 0)
             text = state.metrics.exposition()[0].decode()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import shutil
 import threading
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import reuse
+from helpers import asgi_post, reuse
 from PIL import Image, ImageOps
 
 from service.app import create_app
@@ -261,34 +260,6 @@ def test_unknown_routes_and_methods_are_json(client):
 
 
 # -- limits enforced while the body streams in (raw ASGI, counting what the app read) --------------------
-async def _asgi_post(app, headers: dict[str, str], chunks) -> tuple[int, dict, int]:
-    consumed = 0
-    iterator = iter(chunks)
-    response: dict = {"body": b""}
-
-    async def receive():
-        nonlocal consumed
-        try:
-            chunk = next(iterator)
-        except StopIteration:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        consumed += len(chunk)
-        return {"type": "http.request", "body": chunk, "more_body": True}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            response["status"] = message["status"]
-        elif message["type"] == "http.response.body":
-            response["body"] += message.get("body", b"")
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
-             "root_path": "", "server": ("test", 80), "client": ("test", 1),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-    await app(scope, receive, send)
-    return response["status"], json.loads(response["body"]), consumed
-
-
 def _endless_file(name: str, chunk: int = 64 * 1024, count: int = 10_000):
     yield (f'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
            "Content-Type: image/jpeg\r\n\r\n").encode()
@@ -304,11 +275,11 @@ def test_limits_are_enforced_while_reading(exported, loaded_model):
         await app.state.service.start()
         multipart = {"content-type": "multipart/form-data; boundary=b0undary"}
         # a file growing past max_file_bytes (2 MB): cut off right there, not at the end of the body
-        status, body, consumed = await _asgi_post(app, multipart, _endless_file("huge.jpg"))
+        status, body, consumed = await asgi_post(app, multipart, _endless_file("huge.jpg"))
         assert status == 413 and "'huge.jpg'" in body["detail"]
         assert consumed < 2_000_000 + 200_000
         # a declared Content-Length above max_request_bytes: refused before a byte is read
-        status, body, consumed = await _asgi_post(app, {**multipart, "content-length": str(10**9)},
+        status, body, consumed = await asgi_post(app, {**multipart, "content-length": str(10**9)},
                                                   _endless_file("x.jpg"))
         assert status == 413 and "larger than the limit" in body["detail"] and consumed == 0
         # no Content-Length (chunked), many small files: cut off at max_request_bytes (6 MB)
@@ -316,7 +287,7 @@ def test_limits_are_enforced_while_reading(exported, loaded_model):
             for i in range(1000):
                 yield (f'--b0undary\r\nContent-Disposition: form-data; name="other"; filename="f{i}"\r\n\r\n'
                        ).encode() + b"\x00" * 100_000 + b"\r\n"
-        status, body, consumed = await _asgi_post(app, multipart, many_parts())
+        status, body, consumed = await asgi_post(app, multipart, many_parts())
         assert status == 413 and "request body is larger" in body["detail"]
         assert consumed < 6_000_000 + 200_000
         await app.state.service.stop()
