@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -272,18 +273,22 @@ def one_core_override(directory: Path) -> Path:
 
 
 # -- kill test ---------------------------------------------------------------------------------------------------
-# httplog: the termination state (4 characters), then actconn/feconn/beconn/srv_conn/retries ("+": redispatched)
-RETRIED_LOG = re.compile(r" [A-Za-z-]{4} \d+/\d+/\d+/\d+/(\+?)(\d+) ")
+# httplog: "[accept date] frontend backend/server TR/Tw/Tc/Tr/Ta status ... termination-state
+# actconn/feconn/beconn/srv_conn/retries" ("+" before the retries: redispatched to another server)
+HTTPLOG = re.compile(r"\[(?P<accept>\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] \S+ \S+ [-\d]+/[-\d]+/[-\d]+/[-\d]+/(?P<ta>\d+) "
+                     r".* [A-Za-z-]{4} \d+/\d+/\d+/\d+/(?P<redispatched>\+?)(?P<retries>\d+) ")
 
 
-def retried_log_lines(stack: Stack, since: str) -> list[str]:
+def retried_requests(stack: Stack, since: str) -> list[tuple[float, str]]:
+    """(completion time, log line) of every request the balancer retried or redispatched."""
     text = stack.compose("logs", "--no-log-prefix", "--since", since, "balancer", check=False).stdout
-    lines = []
+    out = []
     for line in text.splitlines():
-        m = RETRIED_LOG.search(line)
-        if m and (m.group(1) or int(m.group(2)) > 0):
-            lines.append(line.strip())
-    return lines
+        m = HTTPLOG.search(line)
+        if m and (m.group("redispatched") or int(m.group("retries")) > 0):
+            accepted = dt.datetime.strptime(m.group("accept"), "%d/%b/%Y:%H:%M:%S.%f").replace(tzinfo=dt.UTC)
+            out.append((accepted.timestamp() + int(m.group("ta")) / 1000, line.strip()))
+    return out
 
 
 def kill_test(args: argparse.Namespace) -> dict[str, Any]:
@@ -314,7 +319,7 @@ def kill_test(args: argparse.Namespace) -> dict[str, Any]:
             rows = haproxy_stats(stack)
             in_flight = counter(slot_of(stack, ip_a, rows), "scur")
             run(["docker", "kill", a])
-            killed = time.monotonic()
+            killed, killed_at = time.monotonic(), time.time()
             log(f"docker kill {names[a]} with {in_flight} request(s) in flight on it")
             out = wait_for(lambda: slot_of(stack, ip_a) is None or slot_of(stack, ip_a)["status"] != "UP", 30,
                            f"HAProxy to take {names[a]} out")
@@ -339,7 +344,7 @@ def kill_test(args: argparse.Namespace) -> dict[str, Any]:
             at(4 * args.phase)
             ip_b = container_ip(b)
             in_flight_b = counter(slot_of(stack, ip_b), "scur")
-            stop_start = time.monotonic()
+            stop_start, stopped_at = time.monotonic(), time.time()
             run(["docker", "stop", b], timeout=120)
             stopped = time.monotonic() - stop_start
             events["stop"] = {"replica": names[b], "in_flight": in_flight_b, "stop_took_s": round(stopped, 2)}
@@ -353,12 +358,14 @@ def kill_test(args: argparse.Namespace) -> dict[str, Any]:
             result = finish_load(load, timeout=duration + 300)
             after = backend_row(haproxy_stats(stack))
             served = {names[c]: counter(slot_of(stack, container_ip(c)), "stot") for c in (a, b)}
-            retried = retried_log_lines(stack, since)
+            retried = retried_requests(stack, since)
+            events["kill"]["retried"] = [line for done, line in retried if killed_at <= done < stopped_at]
+            events["stop"]["retried"] = [line for done, line in retried if done >= stopped_at]
             return {
                 "load": result, "events": events,
                 "balancer": {"retries": counter(after, "wretr") - counter(before, "wretr"),
                              "redispatches": counter(after, "wredis") - counter(before, "wredis"),
-                             "served_since_rejoin": served, "retried_requests_log": retried},
+                             "served_since_rejoin": served, "retried_requests": len(retried)},
                 "phase": args.phase, "passed": result["errors"] == 0 and result["ok"] > 0,
             }
         finally:
@@ -374,16 +381,19 @@ def print_kill_test(r: dict[str, Any]) -> None:
           f"(statuses {load['statuses']}); {load['images_per_s']:.1f} images/s, "
           f"p50 {load['latency_ms']['p50']:.0f} ms, p99 {load['latency_ms']['p99']:.0f} ms, "
           f"max {load['latency_ms']['max']:.0f} ms")
-    how = "restarted by Docker" if ev["rejoin"]["restarted_by_docker"] else f"docker start at {2 * r['phase']:.0f} s"
-    print(f"docker kill {ev['kill']['replica']}: {ev['kill']['in_flight']} request(s) in flight on it; out of the "
-          f"balancer after {ev['kill']['taken_out_s']} s; {how}; back in the balancer "
-          f"{ev['rejoin']['out_for_s']} s after the kill")
-    print(f"docker stop {ev['stop']['replica']}: {ev['stop']['in_flight']} in flight; stop took "
-          f"{ev['stop']['stop_took_s']} s; back {ev['stop']['up_after_start_s']} s after docker start")
-    print(f"balancer: {bal['retries']} retries, {bal['redispatches']} redispatches; requests served since "
-          f"rejoining: {bal['served_since_rejoin']}")
-    for line in bal["retried_requests_log"][:12]:
-        print(f"  retried: {line}")
+    kill, rejoin, stop = ev["kill"], ev["rejoin"], ev["stop"]
+    how = "restarted by Docker" if rejoin["restarted_by_docker"] else f"docker start at {2 * r['phase']:.0f} s"
+    print(f"docker kill {kill['replica']} at {r['phase']:.0f} s: {kill['in_flight']} request(s) in flight on it, "
+          f"{len(kill['retried'])} retried on the other replica; out of the balancer after {kill['taken_out_s']} s; "
+          f"{how}, back in the balancer {rejoin['out_for_s']} s after the kill")
+    print(f"docker stop {stop['replica']} at {4 * r['phase']:.0f} s: {stop['in_flight']} request(s) in flight on it, "
+          f"{len(stop['retried'])} retried on the other replica; the stop took {stop['stop_took_s']} s; back "
+          f"{stop['up_after_start_s']} s after docker start")
+    print(f"balancer: {bal['retries']} retries, {bal['redispatches']} redispatches, {bal['retried_requests']} "
+          f"retried requests in its log; requests served after rejoining: {bal['served_since_rejoin']}")
+    for event in ("kill", "stop"):
+        for line in ev[event]["retried"]:
+            print(f"  retried ({event}): {line}")
     print("PASSED: no request failed" if r["passed"] else "FAILED: some requests failed")
 
 
