@@ -322,13 +322,15 @@ def kill_test(args: argparse.Namespace) -> dict[str, Any]:
             at(args.phase)
             ip_a = container_ip(a)
             rows = haproxy_stats(stack)
-            in_flight = counter(slot_of(stack, ip_a, rows), "scur")
+            slot_a = slot_of(stack, ip_a, rows)
+            in_flight = counter(slot_a, "scur")
             run(["docker", "kill", a])
             killed, killed_at = time.monotonic(), time.time()
             log(f"docker kill {names[a]} with {in_flight} request(s) in flight on it")
             out = wait_for(lambda: slot_of(stack, ip_a) is None or slot_of(stack, ip_a)["status"] != "UP", 30,
                            f"HAProxy to take {names[a]} out")
-            events["kill"] = {"replica": names[a], "in_flight": in_flight, "taken_out_s": round(out, 2)}
+            events["kill"] = {"replica": names[a], "slot": slot_a and slot_a["svname"], "in_flight": in_flight,
+                              "taken_out_s": round(out, 2)}
             log(f"HAProxy took it out after {out:.2f} s")
 
             # 2. it comes back: restarted by Docker's restart policy, or started again (as an orchestrator would),
@@ -348,11 +350,13 @@ def kill_test(args: argparse.Namespace) -> dict[str, Any]:
             # 3. a graceful stop of the other replica (SIGTERM: a rolling update, a scale-down)
             at(4 * args.phase)
             ip_b = container_ip(b)
-            in_flight_b = counter(slot_of(stack, ip_b), "scur")
+            slot_b = slot_of(stack, ip_b)
+            in_flight_b = counter(slot_b, "scur")
             stop_start, stopped_at = time.monotonic(), time.time()
             run(["docker", "stop", b], timeout=120)
             stopped = time.monotonic() - stop_start
-            events["stop"] = {"replica": names[b], "in_flight": in_flight_b, "stop_took_s": round(stopped, 2)}
+            events["stop"] = {"replica": names[b], "slot": slot_b and slot_b["svname"], "in_flight": in_flight_b,
+                              "stop_took_s": round(stopped, 2)}
             log(f"docker stop {names[b]} ({in_flight_b} in flight) returned after {stopped:.1f} s")
             run(["docker", "start", b])
             ip_b = container_ip(b)
@@ -388,17 +392,19 @@ def print_kill_test(r: dict[str, Any]) -> None:
           f"max {load['latency_ms']['max']:.0f} ms")
     kill, rejoin, stop = ev["kill"], ev["rejoin"], ev["stop"]
     how = "restarted by Docker" if rejoin["restarted_by_docker"] else f"docker start at {2 * r['phase']:.0f} s"
-    print(f"docker kill {kill['replica']} at {r['phase']:.0f} s: {kill['in_flight']} request(s) in flight on it, "
-          f"{len(kill['retried'])} retried on the other replica; out of the balancer after {kill['taken_out_s']} s; "
-          f"{how}, back in the balancer {rejoin['out_for_s']} s after the kill")
-    print(f"docker stop {stop['replica']} at {4 * r['phase']:.0f} s: {stop['in_flight']} request(s) in flight on it, "
-          f"{len(stop['retried'])} retried on the other replica; the stop took {stop['stop_took_s']} s; back "
-          f"{stop['up_after_start_s']} s after docker start")
+    print(f"docker kill {kill['replica']} (balancer slot {kill['slot']}) at {r['phase']:.0f} s: "
+          f"{kill['in_flight']} request(s) in flight on it, {len(kill['retried'])} retried on the other replica; "
+          f"out of the balancer after {kill['taken_out_s']} s; {how}, back in the balancer "
+          f"{rejoin['out_for_s']} s after the kill")
+    print(f"docker stop {stop['replica']} (balancer slot {stop['slot']}) at {4 * r['phase']:.0f} s: "
+          f"{stop['in_flight']} request(s) in flight on it, {len(stop['retried'])} retried on the other replica; "
+          f"the stop took {stop['stop_took_s']} s; back {stop['up_after_start_s']} s after docker start")
     print(f"balancer: {bal['retries']} retries, {bal['redispatches']} redispatches, {bal['retried_requests']} "
           f"retried requests in its log; requests served after rejoining: {bal['served_since_rejoin']}")
+    print("requests the balancer retried (its log: ... backend/server-that-answered ... /+retries):")
     for event in ("kill", "stop"):
         for line in ev[event]["retried"]:
-            print(f"  retried ({event}): {line}")
+            print(f"  ({event}) {line}")
     print("PASSED: no request failed" if r["passed"] else "FAILED: some requests failed")
 
 
