@@ -284,11 +284,21 @@ HTTPLOG = re.compile(r"\[(?P<accept>\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] \S+ \S+ [-\d
                      r".* [A-Za-z-]{4} \d+/\d+/\d+/\d+/(?P<redispatched>\+?)(?P<retries>\d+) ")
 
 
-def retried_requests(stack: Stack, since: str) -> list[tuple[float, str]]:
+def balancer_log(stack: Stack, since: str) -> list[str]:
+    return stack.compose("logs", "--no-log-prefix", "--since", since, "balancer", check=False).stdout.splitlines()
+
+
+def state_changes(lines: list[str]) -> list[str]:
+    """The balancer's own lines about its replicas: DNS changes, checks failing, servers going up or down."""
+    return [line.strip() for line in lines
+            if line.startswith(f"Server {BACKEND}/") or line.startswith(f"{BACKEND}/")
+            or line.startswith("Health check for server")]
+
+
+def retried_requests(lines: list[str]) -> list[tuple[float, str]]:
     """(completion time, log line) of every request the balancer retried or redispatched."""
-    text = stack.compose("logs", "--no-log-prefix", "--since", since, "balancer", check=False).stdout
     out = []
-    for line in text.splitlines():
+    for line in lines:
         m = HTTPLOG.search(line)
         if m and (m.group("redispatched") or int(m.group("retries")) > 0):
             accepted = dt.datetime.strptime(m.group("accept"), "%d/%b/%Y:%H:%M:%S.%f").replace(tzinfo=dt.UTC)
@@ -367,14 +377,16 @@ def kill_test(args: argparse.Namespace) -> dict[str, Any]:
             result = finish_load(load, timeout=duration + 300)
             after = backend_row(haproxy_stats(stack))
             served = {names[c]: counter(slot_of(stack, container_ip(c)), "stot") for c in (a, b)}
-            retried = retried_requests(stack, since)
+            lines = balancer_log(stack, since)
+            retried = retried_requests(lines)
             events["kill"]["retried"] = [line for done, line in retried if killed_at <= done < stopped_at]
             events["stop"]["retried"] = [line for done, line in retried if done >= stopped_at]
             return {
                 "load": result, "events": events,
                 "balancer": {"retries": counter(after, "wretr") - counter(before, "wretr"),
                              "redispatches": counter(after, "wredis") - counter(before, "wredis"),
-                             "served_since_rejoin": served, "retried_requests": len(retried)},
+                             "served_since_rejoin": served, "retried_requests": len(retried),
+                             "state_changes": state_changes(lines)},
                 "phase": args.phase, "passed": result["errors"] == 0 and result["ok"] > 0,
             }
         finally:
@@ -401,6 +413,9 @@ def print_kill_test(r: dict[str, Any]) -> None:
           f"the stop took {stop['stop_took_s']} s; back {stop['up_after_start_s']} s after docker start")
     print(f"balancer: {bal['retries']} retries, {bal['redispatches']} redispatches, {bal['retried_requests']} "
           f"retried requests in its log; requests served after rejoining: {bal['served_since_rejoin']}")
+    print("the balancer's log about its replicas:")
+    for line in bal["state_changes"]:
+        print(f"  {line}")
     print("requests the balancer retried (its log: ... backend/server-that-answered ... /+retries):")
     for event in ("kill", "stop"):
         for line in ev[event]["retried"]:
