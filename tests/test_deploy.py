@@ -6,10 +6,11 @@
   of their vendored CRDs (deploy/crds/), unknown fields rejected as a strict API server does;
 - the container settings match the images' Dockerfile stages (uid, port, entrypoint) and the hardening holds;
 - the grace periods exceed alexnet-serve's graceful-shutdown timeout, read from service/cli.py;
-- the multi-node launcher runs for real: two torchrun "nodes" on this machine, with the manifest's arguments.
+- the multi-node launcher runs for real: two torchrun "nodes" on this machine, with the manifest's arguments;
+- the real service (`alexnet-serve`) answers every path the manifests and the balancer probe, and
+  scripts/kserve-smoke.py runs against it once it speaks the Open Inference Protocol.
 
-tests/test_deploy_service.py starts the real service and requests every probe path the manifests name;
-scripts/replicas.py runs the compose replicas for real (Docker; not in CI).
+scripts/replicas.py runs the compose replicas for real (Docker; not in CI): docs/deploy.md.
 """
 
 from __future__ import annotations
