@@ -9,7 +9,7 @@ MODEL_STORE ?= model_store
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve demo test lint bench experiment container-smoke clean
+.PHONY: install serve demo test lint bench experiment container-smoke replicas-kill-test replicas-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ clean:
 # Build the container images and check them for real (needs docker + compose; see docs/containers.md)
 container-smoke: $(STAMP)
 	VENV=$(VENV) scripts/container-smoke.sh
+
+# API replicas behind the balancer, for real (needs docker + compose; docs/deploy.md); e.g. REPLICAS_ARGS="--model-store model_store"
+replicas-kill-test: $(STAMP)
+	$(BIN)/python scripts/replicas.py kill-test $(REPLICAS_ARGS)
+
+replicas-bench: $(STAMP)
+	$(BIN)/python scripts/replicas.py bench $(REPLICAS_ARGS)
 
 # The service against its ceiling, the naive baseline and its int8 variant, the v2 path and a rollover, in one run
 # (docs/benchmark.md); e.g. BENCH_ARGS="--quick"

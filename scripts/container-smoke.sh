@@ -4,7 +4,7 @@
 # stack comes up healthy (CPU override) and goes down, and the training image writes a model version.
 #
 #   scripts/container-smoke.sh                    # ~2 min with warm caches (first run: image downloads)
-#   SMOKE_TRAIN=demo scripts/container-smoke.sh   # also train the demo model in the container (~10 min)
+#   SMOKE_TRAIN=demo scripts/container-smoke.sh   # also train the demo model in the container (~7 min)
 #   SMOKE_TRAIN=none scripts/container-smoke.sh   # skip the training image altogether
 #
 # Needs: docker with the compose v2 plugin (>= 2.24), and the project's venv (`make install`) for the
@@ -202,7 +202,7 @@ else
   [ "$got" = "$owner " ] || die "files written by the training container belong to $got, not to the store's owner $owner"
   echo "alexnet-export in the training image wrote smoke-train/1, owned by $owner like the store"
   if [ "$TRAIN" = demo ]; then
-    log "6/7 docker compose --profile train run --rm train (the demo model, ~10 min on 2 cores)"
+    log "6/7 docker compose --profile train run --rm train (the demo model, ~7 min on 2 quiet cores)"
     start=$SECONDS
     "${COMPOSE_CPU[@]}" --profile train run --rm train
     [ -f "$TMP/train-store/digits/1/metadata.json" ] || die "the demo did not write digits/1"

@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from helpers import compose_env, compose_yaml, dockerfile_instructions, dockerfile_stages, stage_args
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -25,48 +26,8 @@ CONSTRAINTS = REPO / "scripts" / "container-constraints.txt"
 
 
 # -- Dockerfile ------------------------------------------------------------------------------------------------
-def _instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    lines, buf = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not buf and (not line or line.startswith("#")):
-            continue
-        if buf and line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            buf += line[:-1] + " "
-            continue
-        lines.append(buf + line)
-        buf = ""
-    out = []
-    for line in lines:
-        word, _, rest = line.partition(" ")
-        out.append((word.upper(), rest.strip()))
-    return out
-
-
-@cache
-def _stages() -> dict[str, list[tuple[str, str]]]:
-    """Stage name → its instructions (FROM first); in file order."""
-    stages: dict[str, list[tuple[str, str]]] = {}
-    current: list[tuple[str, str]] | None = None
-    for ins, args in _instructions(DOCKERFILE.read_text()):
-        if ins == "FROM":
-            m = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", args, re.IGNORECASE)
-            assert m and m.group(2), f"every stage is named: FROM {args}"
-            current = stages.setdefault(m.group(2), [])
-        if current is not None:
-            current.append((ins, args))
-    return stages
-
-
-def _args(stage: str, instruction: str) -> list[str]:
-    return [a for i, a in _stages()[stage] if i == instruction]
-
-
 def test_dockerfile_stages_and_default_target():
-    stages = _stages()
+    stages = dockerfile_stages()
     for name in ("base", "requirements", "wheel", "serve-deps", "serve", "train-deps", "train"):
         assert name in stages
     assert list(stages)[-1] == "serve", "the last stage is the default target of `docker build .`: serving"
@@ -79,35 +40,35 @@ def test_dockerfile_stages_and_default_target():
 
 
 def test_serving_stage_is_non_root_healthchecked_and_configurable():
-    (user,) = _args("serve", "USER")
+    (user,) = stage_args("serve", "USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, "a numeric non-root uid (runAsNonRoot can check it)"
-    (health,) = _args("serve", "HEALTHCHECK")
+    (health,) = stage_args("serve", "HEALTHCHECK")
     assert "alexnet-healthcheck" in health
-    assert any("container-healthcheck.py /usr/local/bin/alexnet-healthcheck" in a for a in _args("serve", "COPY"))
+    assert any("container-healthcheck.py /usr/local/bin/alexnet-healthcheck" in a for a in stage_args("serve", "COPY"))
     assert "/health/ready" in (REPO / "scripts" / "container-healthcheck.py").read_text()
-    (entrypoint,) = _args("serve", "ENTRYPOINT")
+    (entrypoint,) = stage_args("serve", "ENTRYPOINT")
     assert entrypoint == '["alexnet-serve"]'
-    env = " ".join(_args("serve", "ENV"))
+    env = " ".join(stage_args("serve", "ENV"))
     for setting in ("ALEXNET_MODEL_STORE=/models", "ALEXNET_HOST=0.0.0.0", "ALEXNET_PORT=8000",
                     "ALEXNET_WORKERS=", "ALEXNET_LOG_LEVEL="):
         assert setting in env
     assert "nvidia/cu13/lib" in env and "nvidia/cudnn/lib" in env, "onnxruntime-gpu must find the pip CUDA libraries"
-    assert _args("serve", "EXPOSE") == ["8000"]
+    assert stage_args("serve", "EXPOSE") == ["8000"]
 
 
 def test_dependency_layers_come_before_the_code():
     code = ("alexnet_store", "service", "training", "bench")
     for stage in ("requirements", "serve-deps", "train-deps"):
-        copies = " ".join(_args(stage, "COPY"))
+        copies = " ".join(stage_args(stage, "COPY"))
         assert not any(re.search(rf"(^|\s){c}(/|\s|$)", copies) for c in code), f"{stage} copies code: {copies}"
     for stage in ("serve-deps", "train-deps"):
-        run = " ".join(_args(stage, "RUN"))
+        run = " ".join(stage_args(stage, "RUN"))
         assert "--mount=type=cache,target=/root/.cache/pip" in run
         assert "--constraint /tmp/build/constraints.txt" in run
     # the project itself goes on top, as a wheel, without touching the dependencies
     for stage in ("serve", "train"):
-        (install,) = [a for a in _args(stage, "RUN") if "/tmp/wheels" in a]
+        (install,) = [a for a in stage_args(stage, "RUN") if "/tmp/wheels" in a]
         assert "from=wheel" in install and "--no-deps" in install
 
 
@@ -157,37 +118,17 @@ def test_constraints_pin_what_pyproject_pins():
 
 
 # -- compose -------------------------------------------------------------------------------------------------
-@cache
-def _yaml(path: Path) -> dict:
-    yaml = pytest.importorskip("yaml")
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("!reset", lambda loader, node: ("!reset", loader.construct_sequence(node)
-                                                           if isinstance(node, yaml.SequenceNode) else None))
-    with path.open() as f:
-        return yaml.load(f, Loader=Loader)  # a SafeLoader that also knows compose's !reset
-
-
-def _env(service: dict) -> dict[str, str | None]:
-    env = service.get("environment", {})
-    if isinstance(env, dict):
-        return {k: None if v is None else str(v) for k, v in env.items()}
-    return {k: (v if sep else None) for k, sep, v in (e.partition("=") for e in env)}
-
-
 def _gpu_devices(service: dict) -> list[dict]:
     return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
 
 def test_compose_api_service():
-    api = _yaml(COMPOSE)["services"]["api"]
+    api = compose_yaml(COMPOSE)["services"]["api"]
     assert api["build"]["target"] == "serve"
     assert api["ports"] == ["127.0.0.1:${ALEXNET_PORT:-8000}:8000"], "published on the loopback interface only"
     assert [v for v in api["volumes"] if v.endswith(":/models:ro")], "the model store is mounted read-only"
     assert any("./model_store" in v for v in api["volumes"])
-    env = _env(api)
+    env = compose_env(api)
     assert env["ALEXNET_MODEL_STORE"] == "/models" and env["ALEXNET_HOST"] == "0.0.0.0"
     assert env["ALEXNET_PORT"] == "8000", "inside the container the port is fixed; ALEXNET_PORT is the host's"
     for passthrough in ("ALEXNET_WORKERS", "ALEXNET_LOG_LEVEL", "ALEXNET_MODELS", "ALEXNET_VERSION_POLICY",
@@ -205,16 +146,16 @@ def test_compose_api_service():
 
 
 def test_compose_train_profile_writes_the_store():
-    train = _yaml(COMPOSE)["services"]["train"]
+    train = compose_yaml(COMPOSE)["services"]["train"]
     assert train["profiles"] == ["train"]
     assert train["build"]["target"] == "train"
     (store,) = [v for v in train["volumes"] if ":/models" in v]
     assert store.endswith(":/models") and "./model_store" in store, "read-write: it adds versions"
-    assert "alexnet-demo --model-store /models" in " ".join(_args("train", "CMD")).replace('", "', " ")
+    assert "alexnet-demo --model-store /models" in " ".join(stage_args("train", "CMD")).replace('", "', " ")
 
 
 def test_compose_cpu_override_removes_every_gpu_reservation():
-    base, cpu = _yaml(COMPOSE)["services"], _yaml(COMPOSE_CPU)["services"]
+    base, cpu = compose_yaml(COMPOSE)["services"], compose_yaml(COMPOSE_CPU)["services"]
     for name, service in base.items():
         if _gpu_devices(service):
             assert _gpu_devices(cpu[name]) == ("!reset", []), f"{name} keeps its GPU reservation on CPU hosts"
@@ -225,8 +166,8 @@ def test_compose_cpu_override_removes_every_gpu_reservation():
 def test_every_alexnet_variable_is_a_service_setting():
     settings = pytest.importorskip("service.settings")
     fields = {f"ALEXNET_{name.upper()}" for name in settings.Settings.model_fields}
-    used = set(re.findall(r"\bALEXNET_[A-Z_]+\b", " ".join(_args("serve", "ENV"))))
-    used |= {k for s in _yaml(COMPOSE)["services"].values() for k in _env(s) if k.startswith("ALEXNET_")}
+    used = set(re.findall(r"\bALEXNET_[A-Z_]+\b", " ".join(stage_args("serve", "ENV"))))
+    used |= {k for s in compose_yaml(COMPOSE)["services"].values() for k in compose_env(s) if k.startswith("ALEXNET_")}
     assert used and used <= fields, f"not settings of the service: {sorted(used - fields)}"
 
 
@@ -289,7 +230,7 @@ def test_dockerignore_keeps_out(path):
 
 def test_dockerignore_keeps_what_the_dockerfile_copies():
     sources = []
-    for ins, args in _instructions(DOCKERFILE.read_text()):
+    for ins, args in dockerfile_instructions(DOCKERFILE.read_text()):
         if ins == "COPY" and "--from=" not in args:
             sources += [s for s in args.split()[:-1] if not s.startswith("--")]
     assert "pyproject.toml" in sources and "service" in sources
