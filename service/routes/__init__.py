@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from service.routes import health, metrics, models, predict, repository, v2
+from service.routes import health, metrics, models, page, predict, repository, v2
 
-ROUTERS = (predict.router, models.router, health.router, v2.router, repository.router, metrics.router)
+ROUTERS = (predict.router, models.router, health.router, v2.router, repository.router, metrics.router, page.router)
