@@ -69,6 +69,7 @@ class ImageResult:
     height: int | None = None
     schemes: dict[str, SchemeResult] | None = None
     error: ImageError | None = None
+    square: np.ndarray | None = None  # uint8 [S, S, 3]: the square its patches were cut from (for details=patches)
 
     @property
     def ok(self) -> bool:
@@ -183,7 +184,7 @@ class Pipeline:
                 results.append(ImageResult(position, seconds, error=item))
             else:
                 results.append(ImageResult(position, seconds, item.format, item.width, item.height,
-                                           schemes=by_image.get(position)))
+                                           schemes=by_image.get(position), square=item.square))
         done = time.perf_counter()
         if self.metrics is not None:
             steps = self.metrics.pipeline_step

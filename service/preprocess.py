@@ -35,7 +35,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CropScheme = Literal["ten", "center"]
-CROPS_PER_SCHEME: dict[str, int] = {"ten": 10, "center": 1}
+# torchvision's FiveCrop order. TenCrop adds the same five cuts of the mirrored square; `patch_boxes` names
+# and places all of them (the one definition of the patch geometry: crop_patches and the API use it).
+FIVE_CROP = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
+CROPS_PER_SCHEME: dict[str, int] = {"ten": 2 * len(FIVE_CROP), "center": 1}
 
 # Formats real uploads come in. Image.open is restricted to these: no EPS/PostScript (Ghostscript),
 # no exotic decoders reachable from the network.
@@ -219,27 +222,72 @@ def _center_offset(length: int, crop: int) -> int:
     return round((length - crop) / 2.0)  # torchvision's rounding (round half to even), kept on purpose
 
 
+@dataclass(frozen=True)
+class PatchBox:
+    """One patch: the crop×crop region of the square at (left, top) it shows, mirrored when `flipped`."""
+
+    name: str  # the region it shows ("top-left", ..., "center"), with "-flipped" when mirrored
+    left: int
+    top: int
+    crop: int
+    flipped: bool
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in the square, Pillow's convention (right and bottom exclusive)."""
+        return (self.left, self.top, self.left + self.crop, self.top + self.crop)
+
+
+def _mirror_name(name: str) -> str:
+    """The region a cut of the mirrored square shows in the square itself: left and right swap."""
+    return "-".join({"left": "right", "right": "left"}.get(word, word) for word in name.split("-"))
+
+
+def patch_boxes(size: int, crop: int, scheme: CropScheme) -> tuple[PatchBox, ...]:
+    """The patches of `scheme` in a size×size square, in the order the model sees them (torchvision's TenCrop).
+
+    TenCrop cuts the five FiveCrop patches of the square, then the same five cuts of the mirrored square. A
+    cut of the mirrored square at x shows the square's region at ``size - crop - x``, mirrored, so each patch is
+    named by the region of the square it shows: TenCrop's sixth patch, the mirrored square's top-left corner,
+    is the square's top-right corner mirrored, "top-right-flipped". Every name appears once, and each patch's
+    mirror image is the patch of the same region with "-flipped".
+    """
+    if scheme not in CROPS_PER_SCHEME:
+        raise ValueError(f"unknown crop scheme {scheme!r}")
+    c, e = _center_offset(size, crop), size - crop
+    if scheme == "center":
+        return (PatchBox("center", c, c, crop, False),)
+
+    def cut(name: str) -> tuple[int, int]:  # FiveCrop's cut → its (left, top)
+        if name == "center":
+            return c, c
+        vertical, horizontal = name.split("-")
+        return (0 if horizontal == "left" else e), (0 if vertical == "top" else e)
+
+    five = [PatchBox(name, *cut(name), crop, False) for name in FIVE_CROP]
+    mirrored = [PatchBox(_mirror_name(p.name) + "-flipped", e - p.left, p.top, crop, True) for p in five]
+    return (*five, *mirrored)
+
+
 def crop_patches(square: np.ndarray, crop: int, scheme: CropScheme) -> np.ndarray:
     """[S, S, 3] uint8 → [10 or 1, crop, crop, 3] uint8: corners, centre and their reflections, or the centre.
 
-    The ten patches come in torchvision's TenCrop order: top-left, top-right, bottom-left, bottom-right,
-    centre, then the same five of the horizontally flipped square. Each patch is copied once, straight into
-    the output; the square is mirrored once (a reversed-stride copy is slow, so not once per patch).
+    The patches come in `patch_boxes` order (torchvision's TenCrop order). Each patch is copied once, straight
+    into the output; the square is mirrored once (a reversed-stride copy is slow, so not once per patch) and
+    a flipped patch is cut from the mirrored square where its region lies there.
     """
     size = square.shape[0]
-    c = _center_offset(size, crop)
-    if scheme == "center":
-        return square[None, c:c + crop, c:c + crop].copy()
-    if scheme != "ten":
-        raise ValueError(f"unknown crop scheme {scheme!r}")
-    e = size - crop
-    out = np.empty((10, crop, crop, square.shape[2]), np.uint8)
-    for first, img in ((0, square), (5, np.ascontiguousarray(square[:, ::-1]))):
-        out[first] = img[:crop, :crop]
-        out[first + 1] = img[:crop, e:]
-        out[first + 2] = img[e:, :crop]
-        out[first + 3] = img[e:, e:]
-        out[first + 4] = img[c:c + crop, c:c + crop]
+    boxes = patch_boxes(size, crop, scheme)
+    out = np.empty((len(boxes), crop, crop, square.shape[2]), np.uint8)
+    mirrored = None
+    for i, p in enumerate(boxes):
+        if p.flipped:
+            if mirrored is None:
+                mirrored = np.ascontiguousarray(square[:, ::-1])
+            x = size - crop - p.left
+            out[i] = mirrored[p.top:p.top + crop, x:x + crop]
+        else:
+            out[i] = square[p.top:p.top + crop, p.left:p.left + crop]
     return out
 
 
@@ -258,6 +306,7 @@ class PreparedImage:
     format: str  # JPEG, PNG, ...
     width: int  # as stored in the file (before EXIF rotation and draft scaling)
     height: int
+    square: np.ndarray | None = None  # uint8 [S, S, 3]: the square the patches were cut from (patch_boxes' frame)
 
 
 def prepare_image(data: bytes, schemes: Sequence[CropScheme], resize_size: int, crop_size: int,
@@ -265,4 +314,5 @@ def prepare_image(data: bytes, schemes: Sequence[CropScheme], resize_size: int, 
     """Decode and resize once, cut the patches of every scheme asked for, and keep the file's format and size."""
     img, fmt, (width, height) = _decode(data, resize_size, limits)
     square = resize_square(img, resize_size, interpolation)
-    return PreparedImage({scheme: crop_patches(square, crop_size, scheme) for scheme in schemes}, fmt, width, height)
+    return PreparedImage({scheme: crop_patches(square, crop_size, scheme) for scheme in schemes}, fmt, width, height,
+                         square)

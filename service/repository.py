@@ -344,8 +344,9 @@ class ModelRepository:
         self.records[(name, version)] = _Record("LOADING")
         start = time.perf_counter()
         try:
-            entry, model, memory = await anyio.to_thread.run_sync(self._load_in_thread, path, name, version,
-                                                                  abandon_on_cancel=True)
+            # not abandoned on cancel: a shutdown during a load waits for it (seconds), so no thread is left
+            # inside ONNX Runtime when the interpreter exits (which aborts the process: std::terminate)
+            entry, model, memory = await anyio.to_thread.run_sync(self._load_in_thread, path, name, version)
             runner = self.runner_factory(model)
             await runner.start()
         except Exception as exc:

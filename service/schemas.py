@@ -24,7 +24,8 @@ class Prediction(_Base):
     index: int = Field(description="class index (the model's output position)", examples=[281])
     label: str = Field(description="class name", examples=["tabby"])
     id: str = Field(description="class id, e.g. the ImageNet wnid", examples=["n02123045"])
-    probability: float = Field(description="softmax probability averaged over the patches", examples=[0.91])
+    probability: float = Field(description="softmax probability averaged over the patches (in details.patches: "
+                                           "that patch's own)", examples=[0.91])
 
 
 class ImageInfo(_Base):
@@ -33,11 +34,46 @@ class ImageInfo(_Base):
     height: int = Field(examples=[375])
 
 
+class PatchResult(_Base):
+    name: str = Field(description="the region of the square it shows: top-left, top-right, bottom-left, "
+                                  "bottom-right or center, with -flipped for its mirror image",
+                      examples=["top-right-flipped"])
+    box: list[int] = Field(description="[left, top, right, bottom] of that region in the square (right and bottom "
+                                       "exclusive); a flipped patch shows it mirrored", examples=[[32, 0, 256, 224]])
+    flipped: bool = Field(description="the patch is the region mirrored left to right", examples=[True])
+    predictions: list[Prediction] = Field(
+        description="this patch's own top-k: its softmax, from the same model run the averaged predictions come "
+                    "from (their mean over the patches is the average), highest first")
+
+
+class PatchDetails(_Base):
+    """What `details=patches` adds per image: the patches the model ran, where they lie, what each one saw."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "square_size": 256,
+        "square_jpeg": "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD...",
+        "patches": [
+            {"name": "top-left", "box": [0, 0, 224, 224], "flipped": False,
+             "predictions": [{"index": 281, "label": "tabby", "id": "n02123045", "probability": 0.88}]},
+            {"name": "top-right-flipped", "box": [32, 0, 256, 224], "flipped": True,
+             "predictions": [{"index": 285, "label": "Egyptian cat", "id": "n02124075", "probability": 0.52}]},
+        ]}]})
+
+    square_size: int = Field(description="side of the square the patches are cut from (the model's resize size): "
+                                         "the frame of every box", examples=[256])
+    square_jpeg: str | None = Field(None, description="that square as a JPEG data URL (only with square=true)",
+                                    examples=["data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD..."])
+    patches: list[PatchResult] = Field(description="in the order the model ran them (torchvision's TenCrop "
+                                                   "order): 10 with crops=ten, 1 with crops=center")
+
+
 class ImageResult(_Base):
     filename: str = Field(examples=["cat.jpg"])
     predictions: list[Prediction] = Field(description="top-k classes, highest probability first")
     image: ImageInfo
     preprocess_ms: float = Field(description="decode + resize + crop of this image", examples=[6.1])
+    details: PatchDetails | None = Field(None, description="only with details=patches: each patch's own top-k "
+                                                           "and where it lies")
 
 
 class Timing(_Base):

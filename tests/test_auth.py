@@ -24,6 +24,7 @@ with warnings.catch_warnings():
 INFER_KEY = "infer-key-3f9a1c"
 ADMIN_KEY = "admin-key-77b2e0"
 OPEN = {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"}  # probes call without keys
+PAGE = {"/", "/static/app.js"}  # the browser page: it asks for a key itself when the API answers 401
 ADMIN = {"/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"}
 METRICS, DOCS = {"/metrics"}, {"/docs", "/openapi.json"}
 
@@ -62,7 +63,7 @@ def routes(app) -> list[tuple[str, str, str]]:
     """(method, concrete path, template) for every route the app documents, and the docs routes themselves."""
     out = [(method.upper(), concrete(path), path) for path, item in app.openapi()["paths"].items()
            for method in item]
-    return out + [("GET", path, path) for path in sorted(DOCS)]
+    return out + [("GET", path, path) for path in sorted(DOCS | PAGE)]
 
 
 def client_for(exported, tmp_path, **settings) -> TestClient:
@@ -93,7 +94,7 @@ def test_every_route_with_keys_on(exported, tmp_path, caplog):
         assert {t for _, _, t in table} >= OPEN | ADMIN | METRICS | DOCS | {"/predict", "/v2/models/{model}/infer"}
         for method, path, template in table:
             anonymous = call(c, method, path)
-            if template in OPEN | DOCS:  # the docs are open unless ALEXNET_DOCS_REQUIRE_KEY (tested below)
+            if template in OPEN | DOCS | PAGE:  # the docs are open unless ALEXNET_DOCS_REQUIRE_KEY (see below)
                 assert anonymous.status_code not in (401, 403), (method, path)
                 continue
             assert anonymous.status_code == 401, (method, path, anonymous.text)

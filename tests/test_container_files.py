@@ -240,3 +240,13 @@ def test_dockerignore_keeps_what_the_dockerfile_copies():
         assert files, f"COPY {source}: nothing there"
         for file in files:
             assert not excluded(file), f"the Dockerfile copies {file}, but .dockerignore leaves it out"
+
+
+def test_dockerignore_keeps_the_package_data():
+    """The non-Python files the wheel ships (pyproject's package-data: the page at /) reach the image's build."""
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [str(p.relative_to(REPO)) for package, globs in package_data.items()
+             for glob in globs for p in (REPO / package).glob(glob)]
+    assert any(f.endswith("index.html") for f in files)
+    for file in files:
+        assert not excluded(file), f"the wheel ships {file}, but .dockerignore leaves it out of the build"

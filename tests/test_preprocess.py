@@ -20,6 +20,7 @@ from service.preprocess import (
     crop_patches,
     decode_image,
     image_to_crops,
+    patch_boxes,
     prepare_image,
     resize_square,
 )
@@ -198,6 +199,50 @@ def test_patches_equal_torchvision_tencrop(size, interpolation):
     if min(size) != 256:  # a resize happens, and the two filters really differ: the model's choice is obeyed
         other = "bicubic" if interpolation == "bilinear" else "bilinear"
         assert (resize_square(src, 256, other) != resize_square(src, 256, interpolation)).any()
+
+
+
+TEN_NAMES = ["top-left", "top-right", "bottom-left", "bottom-right", "center",  # TenCrop's order, by the region
+             "top-right-flipped", "top-left-flipped", "bottom-right-flipped", "bottom-left-flipped", "center-flipped"]
+
+
+@pytest.mark.parametrize(("size", "crop"), [(256, 224), (257, 224), (300, 227), (227, 227)])
+def test_patch_boxes_describe_torchvision_tencrop(size, crop):
+    """Each box, cut from the square (and mirrored when flipped), is the TenCrop patch at its position."""
+    from torchvision.transforms import v2
+
+    square = Image.fromarray(np.random.default_rng(size + crop).integers(0, 256, (size, size, 3), np.uint8))
+    expected = [np.asarray(p) for p in v2.TenCrop(crop)(square)]
+    boxes = patch_boxes(size, crop, "ten")
+    assert [b.name for b in boxes] == TEN_NAMES
+    assert [b.flipped for b in boxes] == [False] * 5 + [True] * 5
+    for box, want in zip(boxes, expected, strict=True):
+        region = square.crop(box.box)
+        got = region.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if box.flipped else region
+        assert (np.asarray(got) == want).all(), box
+    # each corner's mirror image is the flipped patch of the same region; the mirrored square's centre cut lies
+    # at size - crop - c in the square: the centre's region, or one pixel beside it when size - crop is odd
+    by_name = {b.name: b for b in boxes}
+    for name in ("top-left", "top-right", "bottom-left", "bottom-right"):
+        assert by_name[name + "-flipped"].box == by_name[name].box
+    assert by_name["center-flipped"].left == size - crop - by_name["center"].left
+    (centre,) = patch_boxes(size, crop, "center")
+    assert centre.name == "center" and not centre.flipped
+    assert (np.asarray(square.crop(centre.box)) == np.asarray(v2.CenterCrop(crop)(square))).all()
+
+
+def test_patch_boxes_of_the_paper():
+    assert [b.box for b in patch_boxes(256, 224, "ten")] == [
+        (0, 0, 224, 224), (32, 0, 256, 224), (0, 32, 224, 256), (32, 32, 256, 256), (16, 16, 240, 240),
+        (32, 0, 256, 224), (0, 0, 224, 224), (32, 32, 256, 256), (0, 32, 224, 256), (16, 16, 240, 240)]
+    with pytest.raises(ValueError, match="unknown crop scheme"):
+        patch_boxes(256, 224, "five")  # type: ignore[arg-type]
+
+
+def test_prepare_image_keeps_the_square_its_patches_are_cut_from():
+    prepared = prepare_image(encode(gradient(400, 300), "PNG"), ("ten",), 256, 224)
+    assert prepared.square.shape == (256, 256, 3)
+    assert (prepared.patches["ten"] == crop_patches(prepared.square, 224, "ten")).all()
 
 
 def test_extreme_aspect_ratio_resizes_only_the_centre():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.routes import docs, health, metrics, models, predict, repository, v2
+from service.routes import docs, health, metrics, models, page, predict, repository, v2
 
 ROUTERS = (predict.router, models.router, health.router, health.v2_router, v2.router, repository.router,
-           metrics.router, docs.router)
+           metrics.router, docs.router, page.router)

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
+import anyio.to_thread
+import numpy as np
 from fastapi import APIRouter, Query, Request
+from PIL import Image
 
+from service import pipeline as pl
 from service.errors import ImageRejected, ServiceError, Unprocessable
-from service.preprocess import CropScheme
+from service.preprocess import CropScheme, patch_boxes
 from service.routes.deps import InferKey, StateDep
-from service.schemas import ErrorBody, ImageInfo, ImageResult, ModelRef, Prediction, PredictResponse, Timing
+from service.schemas import (
+    ErrorBody,
+    ImageInfo,
+    ImageResult,
+    ModelRef,
+    PatchDetails,
+    PatchResult,
+    Prediction,
+    PredictResponse,
+    Timing,
+)
 from service.uploads import declared_length, read_uploads
 
 router = APIRouter(tags=["predict"], dependencies=[InferKey])
@@ -37,6 +53,35 @@ _EXAMPLE = {
 }
 
 
+# details=patches&square=true: the square as JPEG at this quality. Measured over the 100 photos of
+# ../shared/data/imagenet-samples on the 2-core AMD EPYC of the README: 0.29 ms per image (encode + base64,
+# median; 0.33 ms p90) and a 21.7 KB data URL (median; 37 KB max); quality 75 saves 5 KB, 90 costs 5 KB more.
+SQUARE_JPEG_QUALITY = 85
+
+
+def square_data_url(square: np.ndarray) -> str:
+    """The square the patches were cut from, as a JPEG data URL a browser shows as it is."""
+    buf = io.BytesIO()
+    Image.fromarray(square).save(buf, "JPEG", quality=SQUARE_JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _predictions(top: tuple[pl.Prediction, ...]) -> list[Prediction]:
+    return [Prediction(index=p.index, label=p.label, id=p.id, probability=p.probability) for p in top]
+
+
+def patch_details(pipeline: pl.Pipeline, image: pl.ImageResult, scheme: CropScheme, top_k: int,
+                  square_jpeg: str | None) -> PatchDetails:
+    """Each patch's own top-k, from the per-patch softmax rows of the run the average was taken over."""
+    pre = pipeline.preprocessing
+    rows = image.schemes[scheme].patch_probabilities
+    boxes = patch_boxes(pre.resize_size, pre.crop_size, scheme)
+    return PatchDetails(square_size=pre.resize_size, square_jpeg=square_jpeg, patches=[
+        PatchResult(name=box.name, box=list(box.box), flipped=box.flipped,
+                    predictions=_predictions(pipeline.top_k(row, top_k)))
+        for box, row in zip(boxes, rows, strict=True)])
+
+
 def _error(description: str, detail: str, filename: str | None = None, reason: str | None = None) -> dict:
     body: dict = {"detail": detail}
     if filename:
@@ -58,9 +103,9 @@ _RESPONSES = {
     404: _error("no such model, or the version asked for is not loaded",
                 "version 1 of model 'alexnet' is not served (unavailable: not selected by the version policy "
                 "latest:1; loaded: [2])", reason="version_not_served"),
-    422: _error("no file, an empty file, top_k out of range, an unknown crops value, or no model named where the "
-                "service serves several", "query parameter 'top_k': must be between 1 and 1000 (the model's "
-                "classes), got 0"),
+    422: _error("no file, an empty file, top_k out of range, an unknown crops or details value, square=true without "
+                "details=patches, or no model named where the service serves several",
+                "query parameter 'top_k': must be between 1 and 1000 (the model's classes), got 0"),
     503: _error("the model is still loading, or the service is overloaded: too much in flight, or too many "
                 "requests waiting for the model (Retry-After is set)",
                 "the model is still loading; retry shortly", reason="loading"),
@@ -98,9 +143,15 @@ _REQUEST_BODY = {
         "All images of a request are classified together (in model runs shared with concurrent requests: "
         "dynamic batching). **One bad file fails the whole request** (4xx naming that file, nothing is "
         "classified): a request is all-or-nothing, so a client never has to match partial results to its files."
+        "\n\n"
+        "`details=patches` adds to each image the patches the model ran (`details.patches`: name, box in the "
+        "square they are cut from, flipped or not) with **each patch's own top-k**, taken from the same model run "
+        "as the average (nothing is run twice); `square=true` adds that square as a JPEG data URL "
+        "(`details.square_jpeg`). The page at `/` shows them."
     ),
     responses=_RESPONSES,
     openapi_extra={"requestBody": _REQUEST_BODY},
+    response_model_exclude_none=True,
 )
 async def predict(
     request: Request,
@@ -113,6 +164,12 @@ async def predict(
                                        examples=["alexnet"])] = None,
     version: Annotated[int | None, Query(ge=1, description="model version; default: the newest loaded one",
                                          examples=[2])] = None,
+    details: Annotated[Literal["patches"] | None, Query(
+        description="`patches`: also each image's patches (name, box in the square, flipped) with each patch's "
+                    "own top-k, from the same model run as the average", examples=["patches"])] = None,
+    square: Annotated[bool, Query(
+        description="with `details=patches`: also the square the patches are cut from, as a JPEG data URL "
+                    "(about 22 KB and 0.3 ms per image)", examples=[True])] = False,
 ) -> PredictResponse:
     start = time.perf_counter()
     metrics = state.metrics
@@ -123,6 +180,9 @@ async def predict(
                 raise Unprocessable(
                     f"query parameter 'top_k': must be between 1 and {pipeline.num_classes} (the model's classes), "
                     f"got {top_k}", reason="top_k")
+            if square and details != "patches":
+                raise Unprocessable("query parameter 'square': needs details=patches (the square is the frame of "
+                                    "the patches' boxes)", reason="square")
             scheme = crops or pipeline.preprocessing.crops
             try:
                 uploads = await read_uploads(request, state.upload_limits, ticket)
@@ -139,15 +199,19 @@ async def predict(
     bad = result.first_error()
     if bad is not None:  # the first bad file in upload order fails the request
         raise ImageRejected(uploads[bad.position].filename, bad.error)
+    jpegs: list[str | None] = [None] * len(result.images)
+    if square:  # off the event loop, like the decoding
+        jpegs = await anyio.to_thread.run_sync(lambda: [square_data_url(i.square) for i in result.images],
+                                               limiter=pipeline.decode_limiter)
     results = [
         ImageResult(
             filename=upload.filename,
-            predictions=[Prediction(index=p.index, label=p.label, id=p.id, probability=p.probability)
-                         for p in image.schemes[scheme].top],
+            predictions=_predictions(image.schemes[scheme].top),
             image=ImageInfo(format=image.format, width=image.width, height=image.height),
             preprocess_ms=round(1000 * image.preprocess_seconds, 3),
+            details=patch_details(pipeline, image, scheme, top_k, jpeg) if details == "patches" else None,
         )
-        for upload, image in zip(uploads, result.images, strict=True)
+        for upload, image, jpeg in zip(uploads, result.images, jpegs, strict=True)
     ]
     done = time.perf_counter()
     return PredictResponse(
