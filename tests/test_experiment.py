@@ -110,6 +110,7 @@ def test_train_export_evaluate_need_no_web_stack(fashion_mnist_root: Path, tmp_p
     from PIL import Image
 
     from service.model import ClassifierModel
+    from service.pipeline import classify
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.device_data import Pipeline
 
@@ -122,6 +123,6 @@ def test_train_export_evaluate_need_no_web_stack(fashion_mnist_root: Path, tmp_p
             grey = torch.from_numpy(np.asarray(img).copy())[None, None]
         with torch.no_grad():
             expected = network(pipeline.evaluate(grey)).softmax(dim=1)[0].numpy()
-        got = served.predict(served.preprocess(path.read_bytes(), "center"))[0]
+        got = classify(served, [path.read_bytes()], schemes=("center",)).images[0].schemes["center"].probabilities
         assert expected.max() - expected.min() > 1e-3  # not a uniform answer: the comparison means something
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
