@@ -332,6 +332,9 @@ class ModelRepository:
             self._retire(name, version)
         if not served:
             del self.served[name]
+        for key in [(m, v) for (m, v), r in self.records.items()  # versions gone from the store: forgotten
+                    if m == name and v not in available and r.state == "UNAVAILABLE"]:
+            del self.records[key]
 
     def _failed_unchanged(self, name: str, version: int) -> bool:
         record = self.records.get((name, version))
