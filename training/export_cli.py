@@ -26,7 +26,7 @@ from training.checkpoint import (
 from training.export import DEFAULT_OPSET, PARITY_TOLERANCE, ExportError, export_to_store, parity_images
 from training.labels import LabelsError, name_classes, read_label_file
 from training.networks import ARCHITECTURES, INIT_SCHEMES, ArchError, arch_spec, build_model, initialize
-from training.presets import imagenet_mean_std
+from training.presets import crop_scheme, imagenet_mean_std
 from training.quantize import QuantizeError, add_int8_arguments, default_calibration_dir, export_int8
 from training.recipes import RECIPES, recipe_for
 
@@ -82,7 +82,7 @@ def random_init_preprocessing(arch: str, recipe: str) -> Preprocessing:
     channels = arch_spec(arch).in_channels
     mean, std = ((0.0,) * channels, (1.0,) * channels) if r.mean_std == "none" else imagenet_mean_std(channels)
     return Preprocessing(resize_size=r.resize_size, crop_size=r.input_size, mean=mean, std=std,
-                         crops="center" if r.no_flip else "ten", input_channels=channels)
+                         crops=crop_scheme(flip=not r.no_flip), input_channels=channels)
 
 
 def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, list[Label], Preprocessing,
