@@ -86,9 +86,7 @@ RESUMED_OPTIONS = ("seed", "batch_size", "val_batch_size", "init", "no_grouping"
                    "no_flip", "resize_size", "limit_train", "limit_val", "val_crops", "max_steps_per_epoch", "mean_std",
                    "mean_std_images", "momentum", "weight_decay", "lr", "lr_factor", "lr_patience", "warmup_epochs",
                    "arch", "recipe", "input_size", "width_divisor", "lr_schedule", "subset")
-
-
-PCA_SOURCES = ("compute", "imagenet")
+PCA_SOURCES = ("compute", "imagenet")  # --pca: the lighting's eigenvectors from the training set, or ImageNet's
 
 
 class TrainError(RuntimeError):
