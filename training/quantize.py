@@ -72,8 +72,9 @@ DEFAULT_CALIBRATION_IMAGES = 64
 # The gate (issue 13): the int8 model's ten-crop top-1 must agree with the fp32 network's on this fraction of the
 # held-out images, or it is not published.
 DEFAULT_MIN_AGREEMENT = 0.99
-# Held-out images the gate compares on. Each costs ~0.14 s on 2 cores (fp32 ten crops 94 ms + int8 ~40 ms,
-# AlexNet, AMD EPYC Zen 5), so 200 take ~30 s; at 0.99, 2 disagreements in 200 pass and 3 refuse.
+# Held-out images the gate compares on: at 0.99, 2 disagreements in 200 pass and 3 refuse. Each costs ~0.4 s on a
+# 2-core AMD EPYC (Zen 5) shared with other work (load 3): decoding and ten crops 93 ms, fp32 230 ms, int8 87 ms
+# (the demo model); its 200 held-out digits took 94 s.
 DEFAULT_CHECK_IMAGES = 200
 LISTED_DISAGREEMENTS = 20  # the metadata names at most this many images on which int8 and fp32 differ
 SAMPLE_PHOTOS = "scikit-learn sample photographs"  # how the metadata names the two photos inside scikit-learn
