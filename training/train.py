@@ -461,10 +461,12 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _summary(dataset: str, epochs: int, train_images: int, val_images: int, row: dict[str, Any],
              best_epoch: int | None) -> dict[str, Any]:
-    return dataclasses.asdict(TrainingSummary(
+    summary = dataclasses.asdict(TrainingSummary(
         dataset=dataset, epochs=epochs, train_images=train_images, val_images=val_images,
         val_top1=row["val_top1"], val_top5=row["val_top5"], best_epoch=best_epoch,
     ))
+    del summary["lighting"]  # the checkpoint's own `lighting` entry; without the key, older exports read it too
+    return summary
 
 
 def _link_or_copy(src: Path, dst: Path, state: dict[str, Any]) -> None:
