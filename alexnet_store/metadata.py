@@ -19,6 +19,7 @@ FORMAT_VERSION = 1
 CropScheme = Literal["ten", "center"]
 Interpolation = Literal["bilinear", "bicubic"]  # Pillow's antialiased filters, which the service resizes with
 Precision = Literal["fp32", "int8"]
+LightingEigen = Literal["computed", "imagenet", "none"]
 # How a 1-channel model sees an RGB image: its luma, Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601), the weights of
 # Pillow's convert("L") and, to within 1e-4, of torchvision's Grayscale. They sum to 1, so a grey image (R = G = B)
 # gives its own grey level back. The serving graph applies them (service/graph.py); training applies them to RGB
@@ -89,6 +90,23 @@ class Parity:
 
 
 @dataclass(frozen=True)
+class ColourLighting:
+    """The PCA colour augmentation a model was trained with (the paper's section 4.1): every training image's RGB
+    pixels (in [0, 1]) get Σ_j eigvec[:, j] · α_j · eigval[j] added, α_j ~ N(0, `alpha_std`) drawn once per image,
+    where eigval/eigvec are the eigenvalues (descending) and eigenvectors (column j of the rows R, G, B) of the
+    3×3 covariance of RGB pixel values. `eigen` says where they come from: "computed" from the training set
+    (`images` images, the paper's way), "imagenet" (fb.resnet.torch's ImageNet constants: on request, and what
+    every run before this record used), or "none": no lighting (`alpha_std` 0, or 1-channel data, which has no
+    colour). Training writes it to the checkpoint and reads it back on resume; the export copies it here."""
+
+    eigen: LightingEigen
+    alpha_std: float
+    eigval: tuple[float, ...] = ()
+    eigvec: tuple[tuple[float, ...], ...] = ()
+    images: int | None = None
+
+
+@dataclass(frozen=True)
 class TrainingSummary:
     dataset: str
     epochs: int
@@ -97,6 +115,7 @@ class TrainingSummary:
     val_top1: float | None = None
     val_top5: float | None = None
     best_epoch: int | None = None
+    lighting: ColourLighting | None = None  # added with issue 13; None: not recorded (earlier exports)
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,10 @@ class ModelMetadata:
             )
         if min(pre.std) <= 0:
             raise MetadataError("preprocessing.std values must be positive")
+        lighting = meta.training.lighting if meta.training is not None else None
+        if lighting is not None and lighting.eigen != "none" and (
+                len(lighting.eigval) != 3 or len(lighting.eigvec) != 3 or any(len(r) != 3 for r in lighting.eigvec)):
+            raise MetadataError("training.lighting needs 3 eigenvalues and a 3×3 eigenvector matrix")
         return meta
 
     @classmethod

@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.preprocess import crop_patches
 from training.device_data import EpochOrder, EvalBatches, Pipeline, TrainBatches, mean_std, to_device
-from training.presets import PCA_EIGVAL, PCA_EIGVEC
+from training.presets import PCA_EIGVAL, PCA_EIGVEC, imagenet_lighting
 
 LUMA = (0.299, 0.587, 0.114)  # Pillow's convert("L") (ITU-R 601-2), written out independently of the code
 
@@ -95,13 +95,15 @@ def test_pca_lighting_statistics(fashion_mnist) -> None:
     """The paper's lighting: per image, Σ_j eigvec[:, j] α_j λ_j added to every pixel, α_j ~ N(0, 0.1): each
     channel's shift has variance Σ_j (eigvec[c, j] λ_j 0.1)²."""
     x = torch.from_numpy(fashion_mnist.train.images[:4000, None].copy())
-    lit = Pipeline(28, 28, (0.0,) * 3, (1.0,) * 3, 3, pca_std=0.1).train(x, torch.Generator().manual_seed(0))
+    lit = Pipeline(28, 28, (0.0,) * 3, (1.0,) * 3, 3, lighting=imagenet_lighting(0.1)).train(
+        x, torch.Generator().manual_seed(0))
     plain = Pipeline(28, 28, (0.0,) * 3, (1.0,) * 3, 3).evaluate(x)
     shift = (lit - plain).flatten(2)
     assert float((shift - shift[:, :, :1]).abs().max()) < 1e-5  # one offset per image and channel
     expected = [0.1 * sum((PCA_EIGVEC[c][j] * PCA_EIGVAL[j]) ** 2 for j in range(3)) ** 0.5 for c in range(3)]
     assert shift[:, :, 0].std(dim=0).tolist() == pytest.approx(expected, rel=0.06)
-    grey = Pipeline(28, 28, (0.0,), (1.0,), 1, pca_std=0.1).train(x[:50], torch.Generator().manual_seed(0))
+    grey = Pipeline(28, 28, (0.0,), (1.0,), 1, lighting=imagenet_lighting(0.1)).train(
+        x[:50], torch.Generator().manual_seed(0))
     assert grey.shape == (50, 1, 28, 28)  # lit in colour, then the luma for a 1-channel network
 
 

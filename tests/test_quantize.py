@@ -1,8 +1,9 @@
 """INT8: a quantised version is published beside the fp32 one, says so in its metadata, loads into the service's
-model, and predicts what the fp32 network predicts on real photographs."""
+model, and predicts what the fp32 network predicts on real photographs; one that does not is refused (the gate)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -12,20 +13,24 @@ import onnx
 import pytest
 from PIL import Image
 
-from alexnet_store import ModelStore
+from alexnet_store import ModelStore, Preprocessing
 from training import quantize
 from training.export import parity_images
 
 
 @pytest.fixture(scope="module")
-def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small ImageNet-layout train folder of real photographs (regions of scikit-learn's two sample photos)."""
+def calibration_dir(tmp_path_factory: pytest.TempPathFactory, project_photos: list[Path]) -> Path:
+    """A small ImageNet-layout data set of real photographs: train/ holds regions of scikit-learn's two sample
+    photos (the calibration images), val/ the 24 project photos (the held-out images of the gate)."""
     root = tmp_path_factory.mktemp("calib") / "train"
     for k, photo in enumerate(parity_images(None)):
         w, h = photo.size
         for i, box in enumerate([(0, 0, w // 2, h // 2), (w // 2, h // 2, w, h), (w // 4, 0, w, h)]):
             (root / f"class_{k}").mkdir(parents=True, exist_ok=True)
             photo.crop(box).save(root / f"class_{k}" / f"{i}.jpg", quality=92)
+    for i, path in enumerate(project_photos):
+        (root.parent / "val" / f"class_{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root.parent / "val" / f"class_{i % 2}" / path.name)
     return root.parent
 
 
@@ -36,7 +41,7 @@ def int8_store(exported, calibration_dir: Path, tmp_path_factory: pytest.TempPat
     store_root = tmp_path_factory.mktemp("int8store")
     shutil.copytree(fp32.path, store_root / fp32.name / "1")
     code = quantize.main(["--model-store", str(store_root), "--name", fp32.name, "--calibration-dir",
-                          str(calibration_dir), "--calibration-images", "6"])
+                          str(calibration_dir), "--calibration-images", "6", "--check-images", "12"])
     assert code == 0
     return ModelStore(store_root)
 
@@ -103,6 +108,13 @@ def test_int8_is_a_new_version_with_precision_int8(exported, int8_store: ModelSt
     assert q["calibration"]["images"] == 6 and q["calibration"]["crops_per_image"] == 10
     assert q["activations"].startswith("uint8") and "per channel" in q["weights"]
     assert q["grouped_convs_split"] == 3  # conv2, conv4, conv5: one int8 Conv per group (VNNI kernel)
+    check = q["check_vs_fp32"]  # on held-out images: the data set's val/ split, none of them a calibration image
+    assert check["held_out"] and check["source"] == "val split" and check["folder"].endswith("/val")
+    assert check["images"] == len(check["files"]) == 12 and check["crops_per_image"] == 10
+    assert {name.split("/")[0] for name in check["files"]} == {"class_0", "class_1"}  # relative, spread over classes
+    assert not any(name.startswith("/") or ".." in name for name in check["files"])
+    assert check["top1_agreement"] >= 0.99 and check["disagreements"] == []
+    assert q["gate"] == {"min_agreement": 0.99, "passed": True, "forced": False}
     graph = onnx.load(str(int8.onnx_path)).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Split", "Concat"} <= ops
@@ -137,14 +149,115 @@ def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: M
     assert top3 >= 0.8, top3  # measured: 0.95
 
 
+# -- the gate ------------------------------------------------------------------------------------------------------
+def test_held_out_images_are_never_calibration_images(calibration_dir: Path, tmp_path: Path) -> None:
+    calibration = quantize.calibration_set(calibration_dir, Preprocessing(), 4, log=lambda _m: None)[2]
+    assert calibration.folder == calibration_dir / "train" and len(calibration.paths) == 4
+    held = quantize.held_out_set(None, calibration, 5, log=lambda _m: None)  # the val/ beside train/
+    assert held is not None and held.kind == "val split" and held.folder == calibration_dir / "val"
+    assert len(held.paths) == 5 and all(n.startswith("class_") for n in held.names())
+    # --check-dir on the calibration folder itself: only the images calibration did not use
+    same = quantize.held_out_set(calibration_dir / "train", calibration, 100, log=lambda _m: None)
+    assert same is not None and len(same.paths) == 6 - 4 and not set(same.paths) & set(calibration.paths)
+    # Calibrated on the sample photographs and no other folder known: nothing is held out; refused unless --force.
+    photos = quantize.calibration_set(None, Preprocessing(), 4, log=lambda _m: None)[2]
+    assert quantize.held_out_set(None, photos, 5, log=lambda _m: None) is None
+    with pytest.raises(quantize.QuantizeError, match=r"no held-out images.*--check-dir"):
+        quantize._check_or_refuse(None, photos, 5, False, lambda _m: None)
+    images, held_out = quantize._check_or_refuse(None, photos, 5, True, lambda _m: None)
+    assert not held_out and images.names() == ["china.jpg", "flower.jpg"]
+    with pytest.raises(quantize.QuantizeError, match="does not exist"):
+        quantize.held_out_set(tmp_path / "nope", calibration, 5, log=lambda _m: None)
+
+
+def test_gate_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in (["--min-agreement", "1.5"], ["--min-agreement", "x"], ["--check-images", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            quantize.build_parser().parse_args(bad)
+        assert exc.value.code == 2
+        assert "expected" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def prototype_checkpoint(exported, project_photos: list[Path], tmp_path_factory: pytest.TempPathFactory):
+    """A real network whose top-1 varies from photo to photo, as a checkpoint `alexnet-export` reads: the session's
+    test AlexNet with fc8 replaced by a nearest-prototype classifier over its fc7 features (class c = the direction
+    of photo 2c's centred features). Random weights alone give most photos the same class, which an int8 model can
+    match without being right anywhere else. Written in the training checkpoint format (training/checkpoint.py)."""
+    import dataclasses
+
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.export import load_images, ten_crop_inputs
+
+    _root, fp32, reference = exported
+    model = copy.deepcopy(reference).eval()
+    crops = ten_crop_inputs(load_images(project_photos), Preprocessing())
+    with torch.inference_mode():
+        features = model.classifier[:-1](torch.flatten(model.features(torch.stack([c[4] for c in crops])), 1))
+        centre = features.mean(dim=0)
+        prototypes = features[::2][:10] - centre
+        weight = prototypes / prototypes.norm(dim=1, keepdim=True)
+        model.classifier[-1].weight.copy_(weight)
+        model.classifier[-1].bias.copy_(-(weight @ centre))
+        top1 = (features @ weight.T - weight @ centre).argmax(dim=1).tolist()  # centre crops
+    assert top1[::2][:10] == list(range(10)), top1  # each prototype photo is nearest its own class: 10 classes
+    path = tmp_path_factory.mktemp("proto") / "proto.pt"
+    pre = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(Preprocessing()).items()}
+    save_checkpoint(path, {"model_config": {"arch": "alexnet", "num_classes": 10, "grouped": True, "dropout": 0.5},
+                           "model_state": model.state_dict(), "preprocessing": pre,
+                           "labels": [[lab.id, lab.name] for lab in fp32.metadata.labels]})
+    return path, model
+
+
 @pytest.mark.slow
-def test_alexnet_export_quantize_int8(tmp_path: Path, calibration_dir: Path) -> None:
+def test_gate_refuses_a_broken_calibration_and_force_publishes_it(prototype_checkpoint, project_photos: list[Path],
+                                                                  tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`alexnet-export --quantize int8` end to end: calibrated on an all-black image, the int8 model disagrees with
+    fp32 on held-out photos; the export refuses (one line, exit 2, nothing in the store), and `--force` publishes it
+    with the record of what the check found."""
+    import onnxruntime as ort
+    import torch
+
+    from training.export import load_images, ten_crop_inputs
     from training.export_cli import main
 
-    code = main(["--model-store", str(tmp_path), "--name", "q", "--random-init", "--num-classes", "3",
-                 "--init", "kaiming", "--quantize", "int8", "--calibration-dir", str(calibration_dir),
-                 "--calibration-images", "2"])
-    assert code == 0
-    version = ModelStore(tmp_path).resolve("q")
+    checkpoint, model = prototype_checkpoint
+    black = tmp_path / "black" / "train" / "x"  # calibration images that are all black: every range is wrong
+    black.mkdir(parents=True)
+    Image.new("RGB", (256, 256)).save(black / "0.png")
+    root = tmp_path / "store"
+    root.mkdir()
+    argv = ["--model-store", str(root), "--name", "proto", "--checkpoint", str(checkpoint), "--quantize", "int8",
+            "--calibration-dir", str(black.parent.parent), "--calibration-images", "1",
+            "--check-dir", str(project_photos[0].parent), "--check-images", "8"]
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert str(root) not in captured.out  # no version path printed
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith("alexnet-export: error: int8 top-1 agrees with fp32 on ") and "held-out" in error
+    assert "below --min-agreement 0.99; nothing was published (--force publishes it anyway)" in error
+    assert list(root.iterdir()) == []  # nothing written: no version, no staging folder, no model folder
+
+    assert main([*argv, "--force"]) == 0
+    version = ModelStore(root).resolve("proto")
     assert version.version == 1 and version.metadata.precision == "int8"
-    assert version.metadata.source["quantization"]["from"]["fp32_parity"]["max_rel_diff"] < 1e-4
+    q = version.metadata.source["quantization"]
+    assert q["from"]["fp32_parity"]["max_rel_diff"] < 1e-4  # the fp32 export it came from passed its parity check
+    assert q["gate"] == {"min_agreement": 0.99, "passed": False, "forced": True}
+    check = q["check_vs_fp32"]
+    assert check["held_out"] and check["source"] == "check folder" and len(check["files"]) == check["images"] == 8
+    assert check["top1_agreement"] < 0.99 and check["disagreements"]
+    assert set(check["disagreements"]) <= set(check["files"]) <= {p.name for p in project_photos}
+    # Independently: on every image the record names, PyTorch's fp32 model and the published int8 file differ.
+    session = ort.InferenceSession(str(version.onnx_path), providers=["CPUExecutionProvider"])
+    folder = project_photos[0].parent
+    for crops in ten_crop_inputs(load_images([folder / n for n in check["disagreements"]]), Preprocessing()):
+        with torch.inference_mode():
+            want = int(model(crops).softmax(dim=1).mean(dim=0).argmax())
+        (logits,) = session.run(None, {"input": crops.numpy()})
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        assert int(np.argmax((e / e.sum(axis=1, keepdims=True)).mean(axis=0))) != want

@@ -21,6 +21,10 @@ def test_metadata_round_trip(exported):
     assert again.parity is not None and again.parity.max_rel_diff <= 1e-4
 
 
+def _trained(**lighting) -> dict:
+    return {"dataset": "digits", "epochs": 1, "train_images": 4, "val_images": 2, "lighting": lighting}
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -32,6 +36,9 @@ def test_metadata_round_trip(exported):
         (lambda d: d["preprocessing"].update(input_channels=1), "3 mean and 3 std values for 1 input channel"),
         (lambda d: d["preprocessing"].update(input_channels=2, mean=[0, 0], std=[1, 1]), "expected 1 \\(luma\\)"),
         (lambda d: d["preprocessing"].update(std=[0.2, 0.0, 0.2]), "std values must be positive"),
+        (lambda d: d.update(training=_trained(eigen="computed", alpha_std=0.1, eigval=[0.2, 0.01],
+                                              eigvec=[[1, 0, 0], [0, 1, 0], [0, 0, 1]])), "3 eigenvalues and a 3×3"),
+        (lambda d: d.update(training=_trained(eigen="fancy", alpha_std=0.1)), "training.lighting.eigen: 'fancy'"),
     ],
 )
 def test_metadata_errors_name_the_field(exported, mutate, message):

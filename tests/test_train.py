@@ -146,6 +146,14 @@ def test_resume_continues_exactly_and_metrics_are_written(digits: Path, tmp_path
     assert a["summary"]["dataset"] == "digits" and a["summary"]["epochs"] == 2
     assert a["summary"]["train_images"] == 8 and a["summary"]["val_images"] == 10  # what was used
     assert a["summary"]["val_top1"] == a["history"][-1]["val_top1"]
+    # PCA colour lighting from the training images' own RGB covariance (the paper's), the same after the resume. The
+    # digits are grey (R = G = B): one component, brightness, along (1, 1, 1)/√3, and none in colour.
+    assert a["lighting"] == b["lighting"] == first["lighting"]
+    lighting = a["lighting"]
+    assert (lighting["eigen"], lighting["alpha_std"], lighting["images"]) == ("computed", 0.1, 40)
+    assert lighting["eigval"][0] > 0.01 and lighting["eigval"][1] < 1e-9 and lighting["eigval"][2] < 1e-9
+    assert [row[0] for row in lighting["eigvec"]] == pytest.approx([3 ** -0.5] * 3, abs=1e-6)
+    assert a["args"]["pca"] == "compute"
     best = load_checkpoint(straight / "best.pt")
     assert best["summary"]["best_epoch"] == best["epoch"]
     assert best["summary"]["val_top1"] == max(r["val_top1"] for r in a["history"])
@@ -161,6 +169,31 @@ def test_resume_continues_exactly_and_metrics_are_written(digits: Path, tmp_path
             assert float(t["val_top1"]) == r["val_top1"] and float(t["train_loss"]) == pytest.approx(r["train_loss"])
             assert 0 <= r["val_top1"] <= r["val_top5"] <= 1 and r["images_per_s"] > 0 and r["epoch_time_s"] > 0
             assert r["train_samples"] == 8 and r["val_images"] == 10
+
+
+@pytest.mark.slow
+def test_resuming_a_run_from_before_the_lighting_record_keeps_imagenets(digits: Path, tmp_path: Path) -> None:
+    """A checkpoint written before issue 13 has no ``lighting`` entry: it was trained with ImageNet's constants, and
+    a resumed run goes on with them (and records so) instead of switching to computed ones halfway."""
+    from training.checkpoint import lighting_from_checkpoint
+    from training.presets import imagenet_lighting
+
+    run = tmp_path / "run"
+    common = ["--data", str(digits), "--limit-train", "4", "--limit-val", "2", "--batch-size", "4", "--workers", "0",
+              "--max-steps-per-epoch", "1"]
+    assert _run([*common, "--output", str(run), "--epochs", "1", "--init", "kaiming", "--lr", "0.001"]) == 0
+    old = load_checkpoint(run / "last.pt")
+    assert old["lighting"]["eigen"] == "computed"
+    del old["lighting"], old["args"]["pca"]  # what alexnet-train wrote before the record existed
+    torch.save(old, run / "last.pt")
+    assert lighting_from_checkpoint(old) == imagenet_lighting(0.1)
+    assert _run(["--resume", str(run / "last.pt"), "--epochs", "2", "--data", str(digits)]) == 0
+    resumed = load_checkpoint(run / "last.pt")
+    assert resumed["epoch"] == 2 and resumed["args"]["pca"] == "imagenet"
+    assert resumed["lighting"] == {"eigen": "imagenet", "alpha_std": 0.1, "eigval": [0.2175, 0.0188, 0.0045],
+                                   "eigvec": [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.814],
+                                              [-0.5836, -0.6948, 0.4203]], "images": None}
+    assert lighting_from_checkpoint({"args": {"pca_std": 0.0}}).eigen == "none"
 
 
 def test_an_existing_run_is_not_overwritten(digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -331,6 +364,7 @@ def test_paper_recipe_on_fashion_mnist_with_another_network(fashion_mnist_root: 
                                                                                                       abs=1e-5)]
     assert ckpt["optimizer_state"]["param_groups"][0]["momentum"] == 0.9
     assert ckpt["scheduler_state"] is not None and ckpt["init"] == "paper"
+    assert ckpt["lighting"] == {"eigen": "none", "alpha_std": 0.0, "eigval": [], "eigvec": [], "images": None}  # grey
 
 
 @pytest.mark.parametrize(("argv", "message"), [

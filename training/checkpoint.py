@@ -1,8 +1,8 @@
 """Training checkpoints: everything `--resume` needs to continue exactly, and everything export needs.
 
 Keys read by export (the contract between train and export): ``model_config``, ``model_state``,
-``labels``, ``preprocessing``, ``summary``. The rest (optimizer, scheduler, RNG states, history) belongs
-to the training loop.
+``labels``, ``preprocessing``, ``summary``, ``lighting``. The rest (optimizer, scheduler, RNG states, history)
+belongs to the training loop, which also reads ``lighting`` back on resume.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from alexnet_store import Label, Preprocessing, TrainingSummary
+from alexnet_store.metadata import ColourLighting
 from training.networks import model_from_config
+from training.presets import NO_LIGHTING, imagenet_lighting
 
 CHECKPOINT_FORMAT = 1
 
@@ -65,4 +67,28 @@ def preprocessing_from_checkpoint(ckpt: dict[str, Any]) -> Preprocessing:
 
 
 def summary_from_checkpoint(ckpt: dict[str, Any]) -> TrainingSummary | None:
-    return TrainingSummary(**ckpt["summary"]) if ckpt.get("summary") else None
+    if not ckpt.get("summary"):
+        return None
+    return TrainingSummary(**{**ckpt["summary"], "lighting": lighting_from_checkpoint(ckpt)})
+
+
+def lighting_to_checkpoint(lighting: ColourLighting) -> dict[str, Any]:
+    """The ``lighting`` entry: plain lists and numbers (the safe loader takes those)."""
+    return {"eigen": lighting.eigen, "alpha_std": float(lighting.alpha_std), "eigval": list(lighting.eigval),
+            "eigvec": [list(row) for row in lighting.eigvec], "images": lighting.images}
+
+
+def lighting_from_checkpoint(ckpt: dict[str, Any]) -> ColourLighting | None:
+    """The PCA colour lighting the run trained with. Checkpoints written before the ``lighting`` entry existed were
+    trained with ImageNet's constants at their recorded ``--pca-std`` (none at 0), so that is what they get back —
+    a resumed old run keeps its augmentation. None when the checkpoint says neither."""
+    record = ckpt.get("lighting")
+    if record is not None:
+        return ColourLighting(eigen=record["eigen"], alpha_std=float(record["alpha_std"]),
+                              eigval=tuple(float(v) for v in record["eigval"]),
+                              eigvec=tuple(tuple(float(v) for v in row) for row in record["eigvec"]),
+                              images=record.get("images"))
+    alpha = (ckpt.get("args") or {}).get("pca_std")
+    if alpha is None:
+        return None
+    return imagenet_lighting(float(alpha)) if alpha > 0 else NO_LIGHTING

@@ -28,6 +28,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
+from alexnet_store.metadata import LUMA_WEIGHTS, ColourLighting
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, center_transform, ten_crop_transform, train_transform
 
 
@@ -204,7 +205,7 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     resize_size: int = 256
     crop_size: int = 224
-    pca_std: float = 0.1
+    lighting: ColourLighting | None = None  # PCA colour lighting (training/presets.py); None: none
     flip: bool = True
     val_crops: str = "center"  # "center" or "ten"
     in_channels: int = 3  # the network's: 1 gives it the luma of the RGB images
@@ -236,7 +237,7 @@ def build_loaders(folders: Folders, cfg: DataConfig) -> Loaders:
     train_base = Subset(folders.train, stratified_subset(folders.train.targets, cfg.limit_train, cfg.seed))
     val_base = Subset(folders.val, stratified_subset(folders.val.targets, cfg.limit_val, cfg.seed))
     train_ds = SeededAugmentation(train_base, train_transform(cfg.mean, cfg.std, cfg.resize_size, cfg.crop_size,
-                                                              pca_std=cfg.pca_std, flip=cfg.flip,
+                                                              lighting=cfg.lighting, flip=cfg.flip,
                                                               in_channels=cfg.in_channels))
     if cfg.val_crops == "ten":
         val_tf = ten_crop_transform(cfg.mean, cfg.std, cfg.resize_size, cfg.crop_size, cfg.in_channels)
@@ -257,29 +258,67 @@ def build_loaders(folders: Folders, cfg: DataConfig) -> Loaders:
     return Loaders(train, val, sampler, len(train_ds), len(val_ds))
 
 
-def compute_mean_std(dataset: ImageFolder, resize_size: int = 256, max_images: int | None = 10_000,
-                     seed: int = 0, workers: int = 0, progress: bool = True, in_channels: int = 3,
-                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the pixels (in [0, 1]; RGB, or the luma for 1 channel) of the training images
-    as the network sees them.
+@dataclass(frozen=True)
+class PixelStatistics:
+    """What one pass over the training pixels gives: the per-channel mean and std the network normalises with (RGB,
+    or the luma for 1 channel) and the eigen-decomposition of the 3×3 covariance of the RGB pixel values, which the
+    paper's PCA colour lighting adds along (eigenvalues descending; column j of `eigvec` belongs to `eigval[j]`)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    eigval: tuple[float, float, float]
+    eigvec: tuple[tuple[float, float, float], ...]
+    images: int
+
+    def lighting(self, alpha_std: float) -> ColourLighting:
+        return ColourLighting(eigen="computed", alpha_std=alpha_std, eigval=self.eigval, eigvec=self.eigvec,
+                              images=self.images)
+
+
+def principal_components(cov: torch.Tensor) -> tuple[tuple[float, float, float], tuple[tuple[float, ...], ...]]:
+    """Eigenvalues (descending, never negative) and unit eigenvectors (columns) of a 3×3 covariance matrix. Each
+    vector's sign is fixed (its largest component positive): the lighting is symmetric in it, the record is not."""
+    values, vectors = torch.linalg.eigh(cov.to(torch.float64))  # ascending
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
+    vectors = vectors * signs
+    r = lambda v: round(float(v), 8)  # noqa: E731
+    return (tuple(r(v) for v in values),  # type: ignore[return-value]
+            tuple(tuple(r(v) for v in row) for row in vectors))
+
+
+def pixel_statistics(dataset: ImageFolder, resize_size: int = 256, max_images: int | None = 10_000, seed: int = 0,
+                     workers: int = 0, progress: bool = True, in_channels: int = 3) -> PixelStatistics:
+    """Mean/std and the RGB covariance's principal components of the training images' pixels (in [0, 1]) as the
+    network sees them, in one pass.
 
     Each image is resized and centre-cropped to ``resize_size``² (the paper's 256×256 images); a seeded,
-    class-stratified subset of at most `max_images` images is used (all when None).
+    class-stratified subset of at most `max_images` images is used (all when None). The pass sums the RGB values
+    and their 3×3 products (float64); a 1-channel network's luma mean and std follow exactly from those (the luma is
+    linear in RGB: mean w·μ, variance wᵀΣw). The paper computes the PCA over all of ImageNet's training pixels; 10,000
+    images of 256² are 655 M pixels, and a 3×3 covariance is settled long before that.
     """
     indices = stratified_subset(dataset.targets, max_images, seed)
-    tf = center_transform((0.0,) * in_channels, (1.0,) * in_channels, resize_size, resize_size, in_channels)
+    tf = center_transform((0.0,) * 3, (1.0,) * 3, resize_size, resize_size, 3)
     loader = DataLoader(Transformed(Subset(dataset, indices), tf), batch_size=64, num_workers=workers)
-    total = torch.zeros(in_channels, dtype=torch.float64)
-    total_sq = torch.zeros(in_channels, dtype=torch.float64)
+    total = torch.zeros(3, dtype=torch.float64)
+    products = torch.zeros(3, 3, dtype=torch.float64)
     count = 0
-    for x, _ in tqdm(loader, desc="mean/std", unit="batch", disable=not progress, leave=False):
-        x = x.to(torch.float64)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
+    for x, _ in tqdm(loader, desc="mean/std/PCA", unit="batch", disable=not progress, leave=False):
+        pixels = x.to(torch.float64).transpose(0, 1).reshape(3, -1)  # [3, N·H·W]
+        total += pixels.sum(dim=1)
+        products += pixels @ pixels.T
+        count += pixels.shape[1]
     mean = total / count
-    var = (total_sq / count - mean * mean).clamp_min(0)
-    std = var.sqrt().clamp_min(1e-3)  # a constant channel must not divide by zero
-    as3 = lambda t: tuple(round(float(v), 6) for v in t)  # noqa: E731
-    return as3(mean), as3(std)  # type: ignore[return-value]
-
+    cov = products / count - torch.outer(mean, mean)
+    if in_channels == 3:
+        channel_mean, channel_var = mean, cov.diagonal()
+    elif in_channels == 1:
+        w = torch.tensor(LUMA_WEIGHTS, dtype=torch.float64)
+        channel_mean, channel_var = (w @ mean).reshape(1), (w @ cov @ w).reshape(1)
+    else:
+        raise ValueError(f"in_channels must be 1 or 3, not {in_channels}")
+    std = channel_var.clamp_min(0).sqrt().clamp_min(1e-3)  # a constant channel must not divide by zero
+    as_tuple = lambda t: tuple(round(float(v), 6) for v in t)  # noqa: E731
+    eigval, eigvec = principal_components(cov)
+    return PixelStatistics(as_tuple(channel_mean), as_tuple(std), eigval, eigvec, len(indices))

@@ -12,8 +12,9 @@ The steps are the image-folder pipeline's (training/presets.py), in its order, a
   network trains on the pixels the service's decoder (and the book's torchvision ``Resize`` of a PIL image)
   makes of the same image: identical for 28 → 224 and 28 → 256;
 - training: a random ``crop_size`` crop of the ``resize_size`` square and a random horizontal reflection per
-  image, PCA colour lighting (training/presets.py's constants; on the RGB image, so a 1-channel image is
-  replicated first), when the recipe asks for them (the paper's); the d2l recipe only resizes;
+  image, PCA colour lighting (the run's `ColourLighting`; on the RGB image, so a 1-channel image is replicated
+  first), when the recipe asks for them (the paper's); the d2l recipe only resizes. Fashion-MNIST is grey, so
+  ``alexnet-train`` gives it lighting only with ``--pca imagenet`` (training/train.py);
 - evaluation: the centre crop, or the paper's ten crops in torchvision's TenCrop order, [N, 10, C, H, W];
 - channels: a 3-channel network gets a grey image replicated to RGB (what the service's decoder makes of a
   grey upload); a 1-channel network gets the luma (training/presets.py's `Luma`) of an RGB batch, as the
@@ -34,8 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from alexnet_store.metadata import ColourLighting
 from training.data import DataConfig, Loaders, derive_seed, stratified_subset
-from training.presets import PCA_EIGVAL, PCA_EIGVEC, Luma, constant
+from training.presets import Luma, constant, lights
 
 _LUMA = Luma()
 
@@ -50,7 +52,7 @@ class Pipeline:
     std: tuple[float, ...]
     in_channels: int  # the network's
     flip: bool = False
-    pca_std: float = 0.0
+    lighting: ColourLighting | None = None  # PCA colour lighting; None: none
 
     def __post_init__(self) -> None:
         if not len(self.mean) == len(self.std) == self.in_channels:
@@ -107,10 +109,10 @@ class Pipeline:
             mirror = torch.rand(batch, generator=generator, device=device) < 0.5
             x = torch.where(mirror[:, None, None, None], x.flip(3), x)
         x = x / 255.0
-        if self.pca_std > 0:
+        if lights(self.lighting):
             x = self.channels(x, rgb=True)
-            alpha = torch.randn(batch, 3, generator=generator, device=device) * self.pca_std
-            eigval, eigvec = constant(PCA_EIGVAL, device), constant(PCA_EIGVEC, device)
+            alpha = torch.randn(batch, 3, generator=generator, device=device) * self.lighting.alpha_std
+            eigval, eigvec = constant(self.lighting.eigval, device), constant(self.lighting.eigvec, device)
             x = x + ((alpha * eigval) @ eigvec.T)[:, :, None, None]  # eigvec @ (α·λ) per image
         return self.normalise(self.channels(x, rgb=False)).contiguous()
 
@@ -224,7 +226,7 @@ def memory_loaders(train, val, cfg: DataConfig, device: torch.device) -> Loaders
     """`training.data.build_loaders` for splits held in memory (`training.fashion_mnist.Split`: uint8 images and
     labels): the chosen images go to `device` once, and every batch is built there."""
     pipeline = Pipeline(resize_size=cfg.resize_size, crop_size=cfg.crop_size, mean=tuple(cfg.mean),
-                        std=tuple(cfg.std), in_channels=cfg.in_channels, flip=cfg.flip, pca_std=cfg.pca_std)
+                        std=tuple(cfg.std), in_channels=cfg.in_channels, flip=cfg.flip, lighting=cfg.lighting)
     train_idx = stratified_subset(train.labels.tolist(), cfg.limit_train, cfg.seed)
     val_idx = stratified_subset(val.labels.tolist(), cfg.limit_val, cfg.seed)
     x, y = to_device(train.images[train_idx], train.labels[train_idx], device)

@@ -80,7 +80,8 @@ def load_images(paths: Sequence[Path]) -> list[Image.Image]:
 
 def ten_crop_inputs(images: Sequence[Image.Image], pre: Preprocessing) -> list[torch.Tensor]:
     """Each RGB image → the network's ten normalised crops [10, C, crop, crop], as `pre` prescribes."""
-    transform = ten_crop_transform(pre.mean, pre.std, pre.resize_size, pre.crop_size, pre.input_channels)
+    transform = ten_crop_transform(pre.mean, pre.std, pre.resize_size, pre.crop_size, pre.input_channels,
+                                   pre.interpolation)
     return [transform(img) for img in images]
 
 

@@ -26,8 +26,8 @@ from training.checkpoint import (
 from training.export import DEFAULT_OPSET, PARITY_TOLERANCE, ExportError, export_to_store, parity_images
 from training.labels import LabelsError, name_classes, read_label_file
 from training.networks import ARCHITECTURES, INIT_SCHEMES, ArchError, arch_spec, build_model, initialize
-from training.presets import imagenet_mean_std
-from training.quantize import QuantizeError, add_calibration_arguments, default_calibration_dir, export_int8
+from training.presets import crop_scheme, imagenet_mean_std
+from training.quantize import QuantizeError, add_int8_arguments, default_calibration_dir, export_int8
 from training.recipes import RECIPES, recipe_for
 
 
@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("INT8 (training/quantize.py)")
     q.add_argument("--quantize", choices=["int8"],
                    help="publish a statically quantised version instead (ONNX Runtime QDQ, per-channel int8 weights, "
-                        "uint8 activations, calibrated on training images); its metadata says precision int8")
-    add_calibration_arguments(q)
+                        "uint8 activations, calibrated on training images), if its top-1 agrees with the fp32 "
+                        "model's on held-out images (--min-agreement; exit status 2 and nothing published "
+                        "otherwise); its metadata says precision int8")
+    add_int8_arguments(q)
     return p
 
 
@@ -80,7 +82,7 @@ def random_init_preprocessing(arch: str, recipe: str) -> Preprocessing:
     channels = arch_spec(arch).in_channels
     mean, std = ((0.0,) * channels, (1.0,) * channels) if r.mean_std == "none" else imagenet_mean_std(channels)
     return Preprocessing(resize_size=r.resize_size, crop_size=r.input_size, mean=mean, std=std,
-                         crops="center" if r.no_flip else "ten", input_channels=channels)
+                         crops=crop_scheme(flip=not r.no_flip), input_channels=channels)
 
 
 def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, list[Label], Preprocessing,
@@ -132,8 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quantize:
             version = export_int8(
                 model, store, args.name, labels, pre, **common, calibration_dir=args.calibration_dir,
-                calibration_images=args.calibration_images, reduce_range=args.reduce_range,
-                method=args.calibration_method)
+                calibration_images=args.calibration_images, check_dir=args.check_dir,
+                check_images=args.check_images, min_agreement=args.min_agreement, force=args.force,
+                reduce_range=args.reduce_range, method=args.calibration_method)
         else:
             version = export_to_store(model, store, args.name, labels, pre, **common)
     except (ExportError, CheckpointError, LabelsError, StoreError, QuantizeError, ArchError) as exc:

@@ -43,17 +43,25 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from alexnet_store import Preprocessing, TrainingSummary
+from alexnet_store.metadata import ColourLighting
 from training import fashion_mnist, recipes
-from training.checkpoint import CheckpointError, load_checkpoint, preprocessing_from_checkpoint, save_checkpoint
+from training.checkpoint import (
+    CheckpointError,
+    lighting_from_checkpoint,
+    lighting_to_checkpoint,
+    load_checkpoint,
+    preprocessing_from_checkpoint,
+    save_checkpoint,
+)
 from training.data import (
     DataConfig,
     DatasetError,
     Folders,
     Loaders,
     build_loaders,
-    compute_mean_std,
     derive_seed,
     open_folders,
+    pixel_statistics,
     subset_limits,
 )
 from training.device_data import mean_std as memory_mean_std
@@ -69,15 +77,16 @@ from training.networks import (
     initialize,
     normalise_model_config,
 )
-from training.presets import imagenet_mean_std
+from training.presets import INTERPOLATION, NO_LIGHTING, crop_scheme, imagenet_lighting, imagenet_mean_std
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
                  "epoch_time_s", "train_samples", "val_images", "time")
 # Options a resumed run takes from its checkpoint, so that it continues the same run whatever the command line says.
-RESUMED_OPTIONS = ("seed", "batch_size", "val_batch_size", "init", "no_grouping", "dropout", "pca_std", "no_flip",
-                   "resize_size", "limit_train", "limit_val", "val_crops", "max_steps_per_epoch", "mean_std",
+RESUMED_OPTIONS = ("seed", "batch_size", "val_batch_size", "init", "no_grouping", "dropout", "pca_std", "pca",
+                   "no_flip", "resize_size", "limit_train", "limit_val", "val_crops", "max_steps_per_epoch", "mean_std",
                    "mean_std_images", "momentum", "weight_decay", "lr", "lr_factor", "lr_patience", "warmup_epochs",
                    "arch", "recipe", "input_size", "width_divisor", "lr_schedule", "subset")
+PCA_SOURCES = ("compute", "imagenet")  # --pca: the lighting's eigenvectors from the training set, or ImageNet's
 
 
 class TrainError(RuntimeError):
@@ -120,8 +129,8 @@ def build_parser(recipe: str = "paper", arch: str = "alexnet") -> argparse.Argum
                    help="per-channel normalisation: ImageNet's mean/std, computed from the training images, or none "
                         "(pixels in [0, 1] as they are: the d2l book's ToTensor)")
     d.add_argument("--mean-std-images", type=int, default=10_000,
-                   help="--mean-std compute on an image folder: use at most this many training images "
-                        "(class-stratified)")
+                   help="--mean-std compute or --pca compute on an image folder: use at most this many training "
+                        "images (class-stratified; one pass computes both)")
     d.add_argument("--resize-size", type=int, default=r.resize_size,
                    help="shorter side, then the central square (paper: 256; d2l: the network's input size)")
     d.add_argument("--input-size", type=int, default=r.input_size,
@@ -129,6 +138,11 @@ def build_parser(recipe: str = "paper", arch: str = "alexnet") -> argparse.Argum
                         "image)")
     d.add_argument("--pca-std", type=float, default=r.pca_std,
                    help="std of the PCA colour augmentation's α (paper: 0.1; 0 turns it off)")
+    d.add_argument("--pca", choices=PCA_SOURCES, default="compute",
+                   help="the PCA colour augmentation's eigenvectors and eigenvalues: computed from the 3x3 covariance "
+                        "of the training images' RGB pixels (the paper's; in the same pass as --mean-std compute), "
+                        "or ImageNet's constants (fb.resnet.torch's). Grey data stored with one channel "
+                        "(Fashion-MNIST) has no colour to light: it gets none unless imagenet is asked for")
     flip = d.add_mutually_exclusive_group()
     flip.add_argument("--no-flip", dest="no_flip", action="store_true", default=r.no_flip,
                       help="no random horizontal reflections (for data that is not mirror-symmetric, e.g. digits); "
@@ -447,10 +461,12 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _summary(dataset: str, epochs: int, train_images: int, val_images: int, row: dict[str, Any],
              best_epoch: int | None) -> dict[str, Any]:
-    return dataclasses.asdict(TrainingSummary(
+    summary = dataclasses.asdict(TrainingSummary(
         dataset=dataset, epochs=epochs, train_images=train_images, val_images=val_images,
         val_top1=row["val_top1"], val_top5=row["val_top5"], best_epoch=best_epoch,
     ))
+    del summary["lighting"]  # the checkpoint's own `lighting` entry; without the key, older exports read it too
+    return summary
 
 
 def _link_or_copy(src: Path, dst: Path, state: dict[str, Any]) -> None:
@@ -546,22 +562,43 @@ def open_data(spec: str | Path) -> TrainingData:
                         len(folders.val), folders=folders)
 
 
-def _mean_std(args: argparse.Namespace, data: TrainingData, in_channels: int, rt: Runtime,
-              logm: Callable[[str], None]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if args.mean_std == "none":
-        return (0.0,) * in_channels, (1.0,) * in_channels
-    if args.mean_std == "imagenet":
-        return imagenet_mean_std(in_channels)
-    if data.memory is not None:  # every process computes the same numbers from the same array, in a moment
-        return memory_mean_std(torch.from_numpy(data.memory.train.images[:, None]), in_channels)
+def _statistics(args: argparse.Namespace, data: TrainingData, in_channels: int, rt: Runtime,
+                logm: Callable[[str], None]) -> tuple[tuple[float, ...], tuple[float, ...], ColourLighting]:
+    """The normalisation (--mean-std) and the PCA colour lighting (--pca-std, --pca) of a new run. What is computed
+    comes from one pass over the training images: the per-channel mean/std and the RGB covariance's eigenvectors."""
+    grey = data.memory is not None  # Fashion-MNIST: one stored channel; image folders decode to RGB
+    compute_pca = args.pca_std > 0 and args.pca == "compute" and not grey
     stats: list[Any] = [None]
-    if rt.main:
-        logm(f"computing the per-channel mean/std of up to {args.mean_std_images} training images ...")
-        stats[0] = compute_mean_std(data.folders.train, args.resize_size, args.mean_std_images, args.seed,
-                                    workers=args.workers, progress=not args.no_progress, in_channels=in_channels)
-    if rt.distributed:
-        dist.broadcast_object_list(stats, src=0)
-    return stats[0]
+    if (args.mean_std == "compute" or compute_pca) and data.folders is not None:
+        if rt.main:
+            logm(f"computing the {'per-channel mean/std and ' if args.mean_std == 'compute' else ''}RGB pixel "
+                 f"covariance of up to {args.mean_std_images} training images ...")
+            stats[0] = pixel_statistics(data.folders.train, args.resize_size, args.mean_std_images, args.seed,
+                                        workers=args.workers, progress=not args.no_progress, in_channels=in_channels)
+        if rt.distributed:
+            dist.broadcast_object_list(stats, src=0)
+    if args.mean_std == "none":
+        mean, std = (0.0,) * in_channels, (1.0,) * in_channels
+    elif args.mean_std == "imagenet":
+        mean, std = imagenet_mean_std(in_channels)
+    elif grey:  # every process computes the same numbers from the same array, in a moment
+        mean, std = memory_mean_std(torch.from_numpy(data.memory.train.images[:, None]), in_channels)
+    else:
+        mean, std = stats[0].mean, stats[0].std
+    if args.pca_std <= 0:
+        lighting = NO_LIGHTING
+    elif args.pca == "imagenet":
+        lighting = imagenet_lighting(args.pca_std)
+    elif grey:
+        lighting = NO_LIGHTING
+        logm(f"PCA colour lighting: none — {data.name} is grey (one channel): the covariance of its replicated RGB "
+             "pixels has one component, brightness, and no colour (--pca imagenet applies ImageNet's)")
+    else:
+        lighting = stats[0].lighting(args.pca_std)
+    if lighting.eigen == "computed":
+        logm(f"PCA colour lighting from {lighting.images} training images: eigenvalues "
+             f"{', '.join(f'{v:.4g}' for v in lighting.eigval)}; α ~ N(0, {lighting.alpha_std:g})")
+    return mean, std, lighting
 
 
 def _loaders(data: TrainingData, cfg: DataConfig, rt: Runtime) -> Loaders:
@@ -612,22 +649,27 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
             raise CheckpointError(f"{args.resume} was trained on other classes than {args.data} has")
         resumed = preprocessing_from_checkpoint(resume_ckpt)
         mean, std = resumed.mean, resumed.std
+        lighting = lighting_from_checkpoint(resume_ckpt) or imagenet_lighting(args.pca_std)
+        if "lighting" not in resume_ckpt and lighting.eigen == "imagenet":
+            logm("resume: the checkpoint predates the PCA lighting record; keeping ImageNet's constants, as it was "
+                 "trained")
+            args.pca = "imagenet"
     else:
-        mean, std = _mean_std(args, data, in_channels, rt, logm)
+        mean, std, lighting = _statistics(args, data, in_channels, rt, logm)
 
     limit_train, limit_val = args.limit_train, args.limit_val
     if args.subset is not None:
         limit_train, limit_val = subset_limits(args.subset, data.train_count, data.val_count, len(classes))
     cfg = DataConfig(root=data.root, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
                      workers=args.workers, seed=args.seed, mean=tuple(mean), std=tuple(std),
-                     resize_size=args.resize_size, crop_size=args.input_size, pca_std=args.pca_std,
+                     resize_size=args.resize_size, crop_size=args.input_size, lighting=lighting,
                      flip=not args.no_flip, val_crops=args.val_crops, limit_train=limit_train, limit_val=limit_val,
                      pin_memory=rt.device.type == "cuda", rank=rt.rank, world_size=rt.world_size,
                      in_channels=in_channels)
     loaders = _loaders(data, cfg, rt)
     preprocessing = dataclasses.asdict(Preprocessing(
         resize_size=args.resize_size, crop_size=args.input_size, mean=tuple(mean), std=tuple(std),
-        crops="center" if args.no_flip else "ten", input_channels=in_channels))
+        interpolation=INTERPOLATION, crops=crop_scheme(flip=not args.no_flip), input_channels=in_channels))
     preprocessing = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocessing.items()}
 
     torch.manual_seed(derive_seed(args.seed, 0x1A17))  # the same init on every process (DDP broadcasts rank 0's too)
@@ -698,7 +740,7 @@ def _run(args: argparse.Namespace, rt: Runtime, resume_ckpt: dict[str, Any] | No
             state = {
                 "model_config": config, "model_state": _model_state(model),
                 "labels": [[lab.id, lab.name] for lab in labels], "classes": classes,
-                "preprocessing": preprocessing,
+                "preprocessing": preprocessing, "lighting": lighting_to_checkpoint(lighting),
                 "summary": _summary(data.name, epoch + 1, *sizes, row, best["epoch"]),
                 "epoch": epoch + 1, "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
