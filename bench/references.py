@@ -73,7 +73,9 @@ def build_models(workdir: Path, num_classes: int = 1000, seed: int = 0, int8: bo
 
         log("quantising to int8 ...")
         calib = SHARED_SAMPLES if SHARED_SAMPLES.is_dir() else None
-        out["int8"] = quantize_store_version(store, fp32, calibration_dir=calib, calibration_images=32,
+        # a random-init network's int8 twin agrees with it on 92-96 % of top-1s (its outputs are near-ties), below
+        # the export's 0.99 gate: the benchmark measures speed, so it publishes anyway (recorded as forced)
+        out["int8"] = quantize_store_version(store, fp32, calibration_dir=calib, calibration_images=32, force=True,
                                              log=lambda _m: None)
     return out
 
