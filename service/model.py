@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from alexnet_store import ModelVersion
 from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
-from service.session import ElisionReport, cpu_session, session_options
+from service.session import ElisionReport, Prepare, cpu_session, run_here, session_options
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -136,14 +136,17 @@ class ClassifierModel:
     def ready(self) -> bool:
         return self.session is not None
 
-    def load(self, warmup_batch: int = 10) -> None:
-        """Verify the checksum, build the serving graph, open the session, and run it once."""
-        self.version.verify()
-        serving = build_serving_model(onnx.load(str(self.version.onnx_path)), self.metadata).SerializeToString()
+    def load(self, warmup_batch: int = 10, prepare: Prepare = run_here) -> None:
+        """Verify the checksum, build the serving graph, open the session, and run it once.
+
+        `prepare` runs the steps that start no threads — the checksum, the serving graph, the CPU graph's
+        optimisation and rewrite — e.g. at a low priority while another version serves (service/session.py
+        `low_priority`); the session and its warm-up run at the caller's priority."""
+        serving = prepare(self._serving_graph)
         if self.requested_providers == [CPU]:
             session, self.elision = cpu_session(serving, self.runtime.intra_op_threads,
                                                 elide=self.runtime.reorder_elision,
-                                                config=self.runtime.session_config())
+                                                config=self.runtime.session_config(), prepare=prepare)
             log.info("CPU layout reorders removed: %d (%s)", self.elision.removed_reorders,
                      self.elision.fallback or "checked against the plain session")
         else:
@@ -162,6 +165,10 @@ class ClassifierModel:
         self.predict(np.zeros((warmup_batch, crop, crop, 3), np.uint8), release_memory=True)
         log.info("model %s v%d loaded on %s; warm-up batch of %d in %.0f ms", self.metadata.name,
                  self.metadata.version, got[0], warmup_batch, 1000 * (time.perf_counter() - start))
+
+    def _serving_graph(self) -> bytes:
+        self.version.verify()
+        return build_serving_model(onnx.load(str(self.version.onnx_path)), self.metadata).SerializeToString()
 
     # -- predict ----------------------------------------------------------------------------------------
     def predict(self, patches: np.ndarray, *, release_memory: bool = False) -> np.ndarray:

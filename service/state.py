@@ -29,6 +29,7 @@ from service.model import ClassifierModel, RuntimeOptions, resolve_providers
 from service.preprocess import DecodeLimits
 from service.repository import Loader, ModelRepository, trim_heap
 from service.runner import InferenceRunner, ThreadRunner
+from service.session import low_priority
 from service.settings import Settings
 from service.uploads import UploadLimits
 
@@ -54,7 +55,7 @@ def default_loader(settings: Settings) -> Loader:
 
     def load(version: ModelVersion) -> ClassifierModel:
         model = ClassifierModel(version, providers=settings.provider_request, runtime=runtime)
-        model.load(settings.warmup_batch)
+        model.load(settings.warmup_batch, prepare=low_priority)  # while other versions serve: what they leave
         return model
 
     return load

@@ -55,3 +55,40 @@ def test_cuda_session_runs_with_heuristic_conv_search(exported):
     assert options["arena_extend_strategy"] in ("kSameAsRequested", "1")
     for batch in (1, 7, 10, 33):  # new batch sizes must not fail (and, with HEURISTIC, not re-benchmark)
         assert model.predict(np.zeros((batch, 224, 224, 3), np.uint8)).shape == (batch, 10)
+
+
+def _thread_nice_values() -> set[int]:
+    """The nice value of every thread of this process (/proc/self/task/*/stat, field 19)."""
+    import os
+    from pathlib import Path
+
+    values = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        values.add(int(stat.rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+def test_loading_runs_at_low_priority_but_serves_at_normal_priority(exported):
+    """The steps of a load that start no threads run at nice +10 (low_priority); the serving session's threads,
+    created afterwards by the loading thread, keep the process's own priority."""
+    import os
+    import threading
+
+    from service.session import LOW_PRIORITY_NICE, low_priority
+
+    root, version, _ = exported
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert low_priority(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())) == \
+        min(19, base + LOW_PRIORITY_NICE)
+    with pytest.raises(ZeroDivisionError):
+        low_priority(lambda: 1 / 0)
+    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], warmup_batch=1,
+                        intra_op_threads=2)
+    model = default_loader(settings)(version)
+    assert model.elision is not None and model.elision.fallback is None  # elided, checked, at low priority
+    assert _thread_nice_values() == {base}  # ORT's intra-op threads included
+    assert model.predict(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 10)
