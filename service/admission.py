@@ -13,9 +13,12 @@ If the request would take the service over ``max_inflight_bytes`` or ``max_infli
 else in flight), so a limit smaller than one request slows big requests down but never refuses them forever.
 
 The defaults are sized from the memory the process may use (the cgroup limit in a container, else the
-machine's): 1/32 of it for bytes (at most 256 MiB) and one image per 4 MiB of that 1/32 (at most 256 images) —
-each admitted image costs its upload, a decoded copy at most the resize needs (JPEG draft), its 256² square
-and its patches. docs/api.md has the measured effect.
+machine's): 1/32 of it for bytes (at most 256 MiB) and one image per 12 MiB of that 1/32 (16 to 128 images).
+An admitted image costs about 6 MB while it is in flight — its upload, a decoded copy no larger than the resize
+needs (JPEG draft), its 256² square, its ten patches and their copies into the request's and the run's batch —
+and the model's own working memory grows by ~0.45-0.8 GB for a run of 80 patches. Measured with
+`python -m bench.stress burst` (64 clients × 8 photos of 12 megapixels): 188 images in flight peaked at idle +
+1.84 GB, 96 at + 1.51 GB, 64 at + 1.40 GB (docs/api.md).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def memory_limit() -> int:
 def default_limits(memory: int | None = None) -> tuple[int, int]:
     """(max in-flight bytes, max in-flight images) for this much memory."""
     share = (memory if memory is not None else memory_limit()) // 32
-    return max(32 * MIB, min(256 * MIB, share)), max(32, min(256, share // (4 * MIB)))
+    return max(32 * MIB, min(256 * MIB, share)), max(16, min(128, share // (12 * MIB)))
 
 
 class Admission:

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
                              "at most 256 MiB")
     max_inflight_images: int = Field(
         0, ge=0, description="images held at once (parsed, being decoded or classified) before new requests get 503 "
-                             "at once; 0 = one per 4 MiB of that 1/32 of memory, at most 256")
+                             "at once; 0 = one per 12 MiB of that 1/32 of memory, 16 to 128")
 
     reclaim_idle_seconds: float = Field(
         2.0, ge=0, description="after this long with no request in flight, give memory back (ONNX Runtime's arena "

@@ -45,9 +45,10 @@ def test_budget_arithmetic():
 
 
 def test_defaults_follow_the_memory():
-    assert default_limits(24 * 1024 * MIB) == (256 * MIB, 192)
-    assert default_limits(2 * 1024 * MIB) == (64 * MIB, 32)
-    assert default_limits(512 * MIB) == (32 * MIB, 32)
+    assert default_limits(24 * 1024 * MIB) == (256 * MIB, 64)
+    assert default_limits(64 * 1024 * MIB) == (256 * MIB, 128)
+    assert default_limits(2 * 1024 * MIB) == (64 * MIB, 16)
+    assert default_limits(512 * MIB) == (32 * MIB, 16)
 
 
 async def post(app, body: bytes, headers: dict[str, str]) -> tuple[int, dict, dict, int]:
