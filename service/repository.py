@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
-import anyio.to_thread
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
 from service.errors import NotFound, NotReady, ServiceUnavailable, Unprocessable
@@ -52,7 +51,7 @@ from service.model import ClassifierModel
 from service.pipeline import Pipeline
 from service.policy import Policies
 from service.preprocess import DecodeLimits
-from service.runner import InferenceRunner
+from service.runner import InferenceRunner, run_to_completion
 
 log = logging.getLogger(__name__)
 
@@ -347,9 +346,8 @@ class ModelRepository:
         self.records[(name, version)] = _Record("LOADING")
         start = time.perf_counter()
         try:
-            # not abandoned on cancel: a shutdown during a load waits for it (seconds), so no thread is left
-            # inside ONNX Runtime when the interpreter exits (which aborts the process: std::terminate)
-            entry, model, memory = await anyio.to_thread.run_sync(self._load_in_thread, path, name, version)
+            # a shutdown during a load waits for it (seconds), so no thread is left inside ONNX Runtime
+            entry, model, memory = await run_to_completion(self._load_in_thread, path, name, version)
             runner = self.runner_factory(model)
             await runner.start()
         except Exception as exc:

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -27,6 +30,27 @@ import numpy as np
 from service.errors import Overloaded
 from service.metrics import Metrics
 from service.model import ClassifierModel
+
+
+async def run_to_completion(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a worker thread; if the awaiting task is cancelled meanwhile (a shutdown), the cancellation
+    waits for the thread to finish before it goes on.
+
+    `anyio.to_thread.run_sync` shields its thread only against anyio's own cancel scopes: a plain `task.cancel()`
+    (the lifespan's, when the service stops while a version loads) returns at once and leaves the thread running.
+    A thread still inside ONNX Runtime when the interpreter exits aborts the process ("terminate called without
+    an active exception", exit 134: the test suite hit it after a test that stopped its app mid-load), and a
+    thread still using a session that shutdown releases is worse. Loads and the idle reclaim run through here."""
+    job = asyncio.ensure_future(anyio.to_thread.run_sync(fn, *args))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        while not job.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([job])
+        if not job.cancelled():
+            job.exception()  # retrieved: the caller is gone, the cancellation is what it gets
+        raise
 
 
 class InferenceRunner(abc.ABC):

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 
 import anyio
-import anyio.to_thread
 import onnxruntime as ort
 
 from alexnet_store import ModelStore, ModelVersion
@@ -28,7 +27,7 @@ from service.metrics import Metrics
 from service.model import ClassifierModel, RuntimeOptions, resolve_providers
 from service.preprocess import DecodeLimits
 from service.repository import Loader, ModelRepository, trim_heap
-from service.runner import InferenceRunner, ThreadRunner
+from service.runner import InferenceRunner, ThreadRunner, run_to_completion
 from service.session import low_priority
 from service.settings import Settings
 from service.uploads import UploadLimits
@@ -113,7 +112,7 @@ class ServiceState:
             if admission.requests or admission.last_end <= reclaimed or time.monotonic() - admission.last_end < wait:
                 continue
             models = [v.model for versions in self.repository.served.values() for v in versions.values()]
-            await anyio.to_thread.run_sync(self._reclaim, models)
+            await run_to_completion(self._reclaim, models)
             reclaimed = time.monotonic()
 
     @staticmethod

@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from service.metrics import Metrics
 from service.policy import Policies, VersionPolicy
 from service.repository import ModelRepository
 from service.settings import Settings
-from service.state import ServiceState
+from service.state import ServiceState, default_loader
 
 PHOTO = (SKLEARN_IMAGES / "china.jpg").read_bytes()
 
@@ -203,3 +205,28 @@ def test_explicit_unload_and_load(store):
             await repo.stop()
 
     asyncio.run(scenario())
+
+
+def test_stopping_while_a_version_loads_waits_for_the_load(store):
+    """The app stopped mid-load (SIGTERM while starting, a test leaving early): the shutdown waits for the
+    loading thread instead of leaving it inside ONNX Runtime — a thread still there when the interpreter exits
+    aborts the process (exit 134), which the test suite once did at its very end."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    s = Settings(_env_file=None, model_store=store, providers=["CPUExecutionProvider"], warmup_batch=1,
+                 repository_poll_seconds=0, log_level="warning")
+    real, started, finished = default_loader(s), threading.Event(), threading.Event()
+
+    def slow_loader(entry):
+        started.set()
+        time.sleep(1.0)  # the app is told to stop during this
+        model = real(entry)
+        finished.set()
+        return model
+
+    with TestClient(create_app(s, loader=slow_loader)):
+        assert started.wait(30)
+    assert finished.is_set(), "the app stopped while its loading thread was still running"
+    assert not [t.name for t in threading.enumerate() if t.name == "alexnet-load-low-priority"]

@@ -195,9 +195,12 @@ def test_sigterm_drains_the_requests_in_flight(exported, tmp_path):
     drain timeout (ALEXNET_DRAIN_SECONDS) — no request that was accepted is cut off."""
     root, _, _ = exported
     drain = 20
-    srv = start_server(root, tmp_path / "serve.log", "--providers", "CPUExecutionProvider",
-                       env={"ALEXNET_DRAIN_SECONDS": str(drain), "ALEXNET_WARMUP_BATCH": "1"})
     photos = [(n, (SKLEARN_IMAGES / n).read_bytes()) for n in ("china.jpg", "flower.jpg")] * 2
+    # admission's default bound follows the machine's memory (61 images on 24 GiB): this test is about draining,
+    # so it admits exactly the 24 × 4 images it sends, whatever the machine
+    srv = start_server(root, tmp_path / "serve.log", "--providers", "CPUExecutionProvider",
+                       env={"ALEXNET_DRAIN_SECONDS": str(drain), "ALEXNET_WARMUP_BATCH": "1",
+                            "ALEXNET_MAX_INFLIGHT_IMAGES": str(24 * len(photos))})
 
     def post(_: int) -> int:
         with srv.client() as c:
