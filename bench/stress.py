@@ -15,7 +15,8 @@ throughout, RSS back within idle + 300 MB 60 s after): reports idle, peak and af
 the readiness probe's answers, and whether each target holds.
 
 soak (targets: no 5xx, RSS slope ≤ 1 MB/min over the last 5 minutes): reports the answers by status, p50/p99 of
-the good requests per minute, and the RSS slope (least squares) over the last 5 minutes.
+the good requests per minute, the RSS slope (least squares) over the last 5 minutes, and the RSS after 30 s idle
+(``--after``): what the load's working set held goes back then, what leaked stays.
 
 throughput (target: ≥ 0.97 × without admission control): alexnet-bench's load generator at concurrency 16 with
 ten crops, alternately against a service with default admission limits and one with none, four rounds.
@@ -292,6 +293,9 @@ def soak(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) ->
         start = time.monotonic()
         asyncio.run(closed_loop(endpoint.url, args.clients, 60 * args.minutes, pick, answers))
         memory.stopped.set()
+        log(f"  {len(answers)} answers; idle for {args.after:g} s ...")
+        time.sleep(args.after)  # the idle reclaim gives back what the load's working set held; a leak stays
+        after = idle_rss(endpoint.pid, 3.0)
     minutes = []
     for m in range(int(args.minutes + 0.999)):
         window = [a for a in answers if a.kind == "good" and a.status == 200
@@ -299,7 +303,8 @@ def soak(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) ->
         lat = [1000 * (a.done - a.sent) for a in window]
         rss_window = memory.between(start + 60 * m, start + 60 * (m + 1))
         minutes.append({"minute": m + 1, "good_200": len(window), "p50_ms": percentile(lat, 50),
-                        "p99_ms": percentile(lat, 99), "rss_mb": max(rss_window, default=0) / MB})
+                        "p99_ms": percentile(lat, 99), "rss_mb": max(rss_window, default=0) / MB,
+                        "rss_median_mb": statistics.median(rss_window) / MB if rss_window else 0.0})
     tail_start = start + 60 * max(0.0, args.minutes - 5)
     tail = [(t - tail_start, v / MB) for t, v in memory.samples if t >= tail_start and v]
     slope = _slope(tail) * 60 if len(tail) > 2 else float("nan")
@@ -308,7 +313,7 @@ def soak(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) ->
     return {"clients": args.clients, "minutes": args.minutes, "bad": args.bad, "oversize": args.oversize,
             "allocator": args.allocator, "service_env": dict(args.service_env), "answers": len(answers),
             "statuses": dict(sorted(statuses.items())), "per_minute": minutes, "idle_rss_mb": idle / MB,
-            "rss_slope_mb_per_min_last_5": slope,
+            "rss_slope_mb_per_min_last_5": slope, "after_rss_mb": after / MB, "after_over_idle_mb": (after - idle) / MB,
             "targets": {"no_5xx_but_503": server_errors == 0, "rss_slope_le_1mb_per_min": slope <= 1.0,
                         "no_transport_errors": all(isinstance(a.status, int) for a in answers)}}
 
@@ -373,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=10.0)
     s.add_argument("--bad", type=float, default=0.10, help="share of uploads that are not images or are truncated")
     s.add_argument("--oversize", type=float, default=0.05, help="share of uploads over ALEXNET_MAX_FILE_BYTES")
+    s.add_argument("--after", type=float, default=30.0,
+                   help="idle seconds after the load before RSS is read again: what stays is retained, not working set")
     t = sub.add_parser("throughput", parents=[common], help="concurrency 16 with and without admission control")
     t.add_argument("--rounds", type=int, default=4)
     t.add_argument("--seconds", type=float, default=15.0)
