@@ -5,7 +5,7 @@
     python -m bench.stress throughput             # concurrency 16, admission control on vs off, side by side
 
 Each starts a real `alexnet-serve` (the random-init paper network with 1,000 classes, exported into a temporary
-store, unless ``--model-store``) and samples its resident memory (/proc/PID/status) four times a second while
+store, unless ``--model-store``) and samples its resident memory (/proc/PID/statm) four times a second while
 clients drive it from this process. The clients speak plain HTTP/1.1 with ``Expect: 100-continue``, as curl does
 for large uploads: the service may answer 503 (admission control) before the client sends a body it would not
 read, which an HTTP library that always sends the whole body first (httpx, requests) turns into a broken pipe.
@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 from bench import report
 from bench.benchmark import Endpoint, _env, loadgen_command, resolve_models, service_server
 from bench.loadgen import percentile
+from service.repository import rss_bytes
 
 PROG = "python -m bench.stress"
 MB = 1024 * 1024
@@ -86,16 +87,6 @@ def multipart(files: Sequence[tuple[str, bytes]], boundary: str = "stress-7f1e9c
 
 
 # -- the service's memory and readiness, sampled in threads ----------------------------------------------------------
-def rss_of(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 class Sampler(threading.Thread):
     """Calls `probe` every `interval` seconds and keeps (time, value) until stopped."""
 
@@ -212,7 +203,7 @@ def idle_rss(pid: int, seconds: float = 5.0) -> int:
     samples = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        samples.append(rss_of(pid) or 0)
+        samples.append(rss_bytes(pid) or 0)
         time.sleep(0.25)
     return int(statistics.median(samples))
 
@@ -226,7 +217,7 @@ def burst(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) -
         bodies.append(multipart(files))
     with service(args, workdir, log) as endpoint:
         idle = idle_rss(endpoint.pid)
-        memory = Sampler(lambda: rss_of(endpoint.pid), 0.25)
+        memory = Sampler(lambda: rss_bytes(endpoint.pid), 0.25)
         ready = Sampler(ready_probe(endpoint.url), 0.5)
         memory.start()
         ready.start()
@@ -285,7 +276,7 @@ def soak(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) ->
 
     with service(args, workdir, log) as endpoint:
         idle = idle_rss(endpoint.pid)
-        memory = Sampler(lambda: rss_of(endpoint.pid), 1.0)
+        memory = Sampler(lambda: rss_bytes(endpoint.pid), 1.0)
         memory.start()
         answers: list[Answer] = []
         log(f"soak: {args.clients} clients for {args.minutes:g} min ({args.bad:.0%} bad, {args.oversize:.0%} over the "

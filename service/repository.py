@@ -70,10 +70,10 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def rss_bytes() -> int | None:
-    """The process's resident set size (Linux /proc), or None where it cannot be read."""
+def rss_bytes(pid: int | str = "self") -> int | None:
+    """A process's resident set size (Linux /proc; this one's by default), or None where it cannot be read."""
     try:
-        with open("/proc/self/statm") as fh:
+        with open(f"/proc/{pid}/statm") as fh:
             return int(fh.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
