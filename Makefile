@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (see README.md):
 #   make serve   build the demo model if model_store/ has none, then start the service
-#   make test    lint and run the test suite
+#   make test    lint, install the Debian packages some tests use (scripts/test-deps.sh), run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -29,7 +29,9 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# scripts/test-deps.sh: apt-installs what is missing where it can (TEST_DEPS=skip: only report), else says what skips
 test: lint
+	bash scripts/test-deps.sh
 	$(BIN)/python -m pytest
 
 clean:

@@ -9,6 +9,11 @@ traceback. Each worker's model repository then loads the versions its policy sel
 With ``--workers N`` > 1, each worker is a process with its own ONNX Runtime session (and, unless
 ``--intra-op-threads`` is given, cores ÷ N ORT threads); Prometheus metrics are aggregated over the
 workers through a multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``; a temporary one unless set).
+
+Deprecated flags of the versions before the model repository are still taken, each with a warning on stderr:
+``--model-name NAME`` is ``--models NAME`` and ``--model-version N`` is ``--version-policy NAME=specific:N``
+(plain ``specific:N`` when no single model is named); given with the flag it aliases, the two must agree
+(exit status 2 otherwise). `service.settings.aliases` maps them, and ALEXNET_MODEL_NAME/_VERSION the same way.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from alexnet_store import ModelStore
 from service.auth import ApiKeys, KeysFileError
-from service.settings import ENV_PREFIX, LogLevel, Settings
+from service.settings import DEPRECATED, ENV_PREFIX, LogLevel, Settings, aliases, warn_deprecated
 
 PROG = "alexnet-serve"
 HINT = "run `make demo` or alexnet-export"
@@ -68,16 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
         elif name in ("model_store", "api_keys_file"):
             kwargs["type"] = Path
         p.add_argument("--" + name.replace("_", "-"), **kwargs)
+    old = p.add_argument_group("deprecated (the flags before the model repository; each use warns)")
+    old.add_argument("--model-name", metavar="NAME", help="deprecated: use --models NAME")
+    old.add_argument("--model-version", metavar="N", type=int,
+                     help="deprecated: use --version-policy NAME=specific:N (NAME the one model served)")
     return p
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def load_settings(args: argparse.Namespace) -> Settings:
-    overrides = {name: value for name, value in vars(args).items() if value is not None}
+    overrides = {name: value for name, value in vars(args).items() if value is not None and name not in DEPRECATED}
     try:
+        if any(getattr(args, name, None) is not None for name in DEPRECATED):
+            mapped, notes = aliases(getattr(args, "model_name", None), getattr(args, "model_version", None),
+                                    overrides.get("models"), overrides.get("version_policy"), _flag)
+            warn_deprecated(notes)
+            overrides.update(mapped)
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}") from exc
+    except SettingsError as exc:
+        raise CliError(f"invalid settings: {exc}") from exc
 
 
 def check_store(settings: Settings) -> list[str]:
@@ -136,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     settings = settings.model_copy(update={"exit_on_load_failure": True})
+    for name in DEPRECATED:  # read and warned about once, here: the workers get what they mapped to
+        for key in [k for k in os.environ if k.upper() == f"{ENV_PREFIX}{name.upper()}"]:
+            del os.environ[key]
     os.environ.update(settings.to_env())  # uvicorn's workers (and the factory) read the same settings
     made_dir = _multiprocess_dir(settings.workers)
     poll = f"every {settings.repository_poll_seconds:g} s" if settings.repository_poll_seconds else "off"

@@ -178,8 +178,8 @@ class ClassifierModel:
         1,000-class network takes the process from 0.86 to 1.64 GB and it stays there. With `release_memory`
         the arena gives back what it does not need at the end of this run (ORT's arena shrinkage): back to
         0.80 GB, measured on the same session. The service asks for it with a one-patch run once it has been
-        idle for a moment (`ServiceState.reclaim`), so a burst's memory goes back when the burst is over while
-        sustained load keeps the arena warm and pays nothing.
+        idle for a moment (`ServiceState.reclaim_when_idle`), so a burst's memory goes back when the burst is
+        over while sustained load keeps the arena warm and pays nothing.
         """
         if self.session is None:
             raise RuntimeError("model not loaded")

@@ -1,7 +1,8 @@
 """The one seam between the HTTP routes and the model: `await runner.infer(patches) -> probabilities`.
 
-Routes never call the model directly; they call the `InferenceRunner` in ``app.state.service.runner``,
-chosen by `service.state.default_runner`:
+Routes never call the model directly: they lease a loaded version from the repository
+(``app.state.service.repository``, `service.repository.ModelRepository.lease`), whose `service.pipeline.Pipeline`
+calls that version's `InferenceRunner` (``ServedVersion.runner``), made by `service.state.default_runner`:
 
 - `service.batching.BatchingRunner` (the default): dynamic batching across requests — the patches of
   concurrent requests go through the model together, up to a maximum batch and a maximum queue delay;

@@ -2,22 +2,137 @@
 
 Every field `foo` is set by the environment variable `ALEXNET_FOO` (case-insensitive); `alexnet-serve`'s
 flags override the environment. An empty variable counts as unset. docs/api.md lists every setting with
-its default.
+its default (tests/test_settings_doc.py holds the table to these fields).
+
+Two variables of the versions before the model repository are still read, as deprecated aliases (`aliases`):
+``ALEXNET_MODEL_NAME=NAME`` is ``ALEXNET_MODELS=NAME`` and ``ALEXNET_MODEL_VERSION=N`` is
+``ALEXNET_VERSION_POLICY=NAME=specific:N`` (plain ``specific:N`` when no single model is named).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from alexnet_store.store import StoreError, validate_name
-from service.policy import Policies
+from service.policy import Policies, VersionPolicy
 
 ENV_PREFIX = "ALEXNET_"
+PROG = "alexnet-serve"
+
+# The deprecated settings of the versions before the model repository, and what replaced each of them.
+DEPRECATED = {"model_name": "models", "model_version": "version_policy"}
+
+
+class AliasError(SettingsError):
+    """A deprecated alias given with the setting it aliases, and the two disagree (or the alias is malformed)."""
+
+
+def aliases(model_name: str | None, model_version: str | int | None, models: str | list[str] | None,
+            version_policy: str | None, spell: Callable[[str], str]) -> tuple[dict[str, Any], list[str]]:
+    """Map the deprecated `model_name` / `model_version` onto `models` / `version_policy`.
+
+    `spell(field)` is how the caller's user writes a setting (``--model-name`` or ``ALEXNET_MODEL_NAME``).
+    Returns the values to use for `models` and `version_policy` (only those the aliases set) and one warning
+    per alias used. `model_name` NAME is models ``[NAME]``; `model_version` N is the policy ``NAME=specific:N``
+    when one model is named (by `model_name`, or `models` with one entry), plain ``specific:N`` otherwise.
+    Given together with the setting it aliases, an alias must agree with it (`models` exactly ``[NAME]``; the
+    policy that `version_policy` gives that model, or its default policy, exactly ``specific:N``), and the
+    new setting is kept; otherwise AliasError."""
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+
+    def given(field: str, value: object) -> str:
+        if spell(field).startswith("--"):
+            return f"{spell(field)} {value}"
+        return f"{spell(field)}='{value}'" if "=" in str(value) else f"{spell(field)}={value}"
+
+    names = None if models is None else Settings._split_models(models)
+    if model_name is not None:
+        model_name = str(model_name).strip()
+        if names is not None and names != [model_name]:
+            raise AliasError(f"{given('model_name', model_name)} conflicts with {given('models', ','.join(names))}: "
+                             f"{spell('model_name')} is deprecated, give only {spell('models')}")
+        if names is None:
+            out["models"] = names = [model_name]
+        notes.append(f"{spell('model_name')} is deprecated; use {given('models', model_name)}")
+    if model_version is not None:
+        try:
+            version = int(str(model_version).strip())
+            if version < 1:
+                raise ValueError
+        except ValueError:
+            raise AliasError(f"{spell('model_version')}: a version number (1, 2, ...) is needed, not "
+                             f"{str(model_version)!r}") from None
+        scope = names[0] if names is not None and len(names) == 1 else None
+        policy = f"{scope}=specific:{version}" if scope else f"specific:{version}"
+        if version_policy is not None:
+            try:
+                policies = Policies.parse(version_policy)
+            except ValueError as exc:
+                raise AliasError(f"{spell('version_policy')}: {exc}") from None
+            if (policies.for_model(scope) if scope else policies.default) != VersionPolicy("specific",
+                                                                                            versions=(version,)):
+                raise AliasError(f"{given('model_version', version)} conflicts with "
+                                 f"{given('version_policy', version_policy)}: {spell('model_version')} is deprecated, "
+                                 f"give only {spell('version_policy')}")
+        else:
+            out["version_policy"] = policy
+        notes.append(f"{spell('model_version')} is deprecated; use {given('version_policy', policy)}")
+    return out, notes
+
+
+def warn_deprecated(notes: list[str]) -> None:
+    """Each note as one `alexnet-serve: warning: ...` line on stderr, and as a DeprecationWarning."""
+    for note in notes:
+        print(f"{PROG}: warning: {note}", file=sys.stderr, flush=True)
+        warnings.warn(note, DeprecationWarning, stacklevel=3)
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class _EnvWithAliases(PydanticBaseSettingsSource):
+    """The environment, with ALEXNET_MODEL_NAME / ALEXNET_MODEL_VERSION mapped by `aliases` (with a warning)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: EnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self.env()
+        env = self.env
+
+        def read(field: str) -> str | None:
+            key = env.env_prefix + field
+            return env.env_vars.get(key if env.case_sensitive else key.lower())
+
+        old = {field: read(field) for field in DEPRECATED}
+        if all(v is None for v in old.values()):
+            return data
+        mapped, notes = aliases(old["model_name"], old["model_version"], data.get("models"),
+                                data.get("version_policy"), env_name)
+        warn_deprecated(notes)
+        return {**data, **mapped}
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -116,6 +231,16 @@ class Settings(BaseSettings):
 
     # Set by alexnet-serve: a worker whose model fails to load exits (code 3) instead of staying unready.
     exit_on_load_failure: bool = False
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if isinstance(env_settings, EnvSettingsSource):
+            env_settings = _EnvWithAliases(settings_cls, env_settings)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @field_validator("models", mode="before")
     @classmethod

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import start_server, stop_server
+from pydantic_settings import SettingsError
 
 from service.cli import build_parser, check_store, load_settings, main
+from service.policy import VersionPolicy
 from service.settings import Settings
 
 
@@ -144,3 +147,102 @@ def test_real_process_exits_2_with_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"alexnet-serve: error: model store {tmp_path / 'store'} holds no models — run `make demo` or alexnet-export"]
+
+
+# -- the deprecated aliases of the versions before the model repository (issue 21) --------------------------------
+def _flags(*argv: str) -> Settings:
+    with pytest.deprecated_call():
+        return load_settings(build_parser().parse_args(list(argv)))
+
+
+def _warnings(capsys) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_deprecated_flags_are_models_and_a_specific_version(capsys):
+    s = _flags("--model-name", "testnet", "--model-version", "1")
+    assert (s.models, s.version_policy) == (["testnet"], "testnet=specific:1")
+    assert s.policies.for_model("testnet") == VersionPolicy("specific", versions=(1,))
+    assert _warnings(capsys) == [
+        "alexnet-serve: warning: --model-name is deprecated; use --models testnet",
+        "alexnet-serve: warning: --model-version is deprecated; use --version-policy testnet=specific:1"]
+    s = _flags("--model-version", "2")  # no one model named: the default policy
+    assert (s.models, s.version_policy) == ([], "specific:2")
+    s = _flags("--models", "testnet", "--model-version", "2")
+    assert (s.models, s.version_policy) == (["testnet"], "testnet=specific:2")
+    # with the flag it aliases, an alias that agrees is only a warning; the new flag's value is kept
+    s = _flags("--models", "testnet", "--model-name", "testnet",
+               "--version-policy", "specific:3", "--model-version", "3")
+    assert (s.models, s.version_policy) == (["testnet"], "specific:3")
+    capsys.readouterr()
+    assert main(["--model-name", "testnet", "--models", "testnet,other"]) == 2  # conflicts: one line, exit 2
+    assert _warnings(capsys) == ["alexnet-serve: error: invalid settings: --model-name testnet conflicts with "
+                                 "--models testnet,other: --model-name is deprecated, give only --models"]
+    err = _error(capsys, "--model-name", "testnet", "--model-version", "2", "--version-policy", "latest:1")
+    assert "--model-version 2 conflicts with --version-policy latest:1: --model-version is deprecated" in err
+    assert "a version number (1, 2, ...) is needed, not '0'" in _error(capsys, "--model-version", "0")
+    assert "--model-name" in build_parser().format_help() and "deprecated" in build_parser().format_help()
+
+
+def test_deprecated_flags_reach_the_store_check(exported, capsys):
+    root, _, _ = exported
+    with pytest.deprecated_call():
+        assert main(["--model-store", str(root), "--model-name", "other"]) == 2
+    assert _warnings(capsys) == ["alexnet-serve: warning: --model-name is deprecated; use --models other",
+                                 f"alexnet-serve: error: model store {root} has no model named 'other' (models "
+                                 "there: testnet)"]
+    with pytest.deprecated_call():
+        s = load_settings(build_parser().parse_args(["--model-store", str(root), "--model-name", "testnet"]))
+    assert check_store(s) == ["testnet"]
+
+
+def test_deprecated_environment_variables(monkeypatch, capsys):
+    monkeypatch.setenv("ALEXNET_MODEL_NAME", "testnet")
+    monkeypatch.setenv("ALEXNET_MODEL_VERSION", "1")
+    with pytest.deprecated_call():
+        s = Settings()
+    assert (s.models, s.version_policy) == (["testnet"], "testnet=specific:1")
+    assert _warnings(capsys) == [
+        "alexnet-serve: warning: ALEXNET_MODEL_NAME is deprecated; use ALEXNET_MODELS=testnet",
+        "alexnet-serve: warning: ALEXNET_MODEL_VERSION is deprecated; use ALEXNET_VERSION_POLICY='testnet=specific:1'"]
+    with pytest.deprecated_call():
+        s = load_settings(build_parser().parse_args(["--models", "other", "--version-policy", "all"]))
+    assert (s.models, s.version_policy) == (["other"], "all")  # flags override the environment, aliases included
+    monkeypatch.setenv("ALEXNET_VERSION_POLICY", "testnet=specific:1; latest:2")  # agrees: kept
+    with pytest.deprecated_call():
+        assert Settings().version_policy == "testnet=specific:1; latest:2"
+    monkeypatch.setenv("ALEXNET_VERSION_POLICY", "all")
+    with pytest.raises(SettingsError, match="ALEXNET_MODEL_VERSION=1 conflicts with ALEXNET_VERSION_POLICY=all"):
+        Settings()
+    monkeypatch.delenv("ALEXNET_VERSION_POLICY")
+    monkeypatch.setenv("ALEXNET_MODELS", "digits")
+    capsys.readouterr()
+    err = _error(capsys, "--port", "0")
+    assert err == ("alexnet-serve: error: invalid settings: ALEXNET_MODEL_NAME=testnet conflicts with "
+                   "ALEXNET_MODELS=digits: ALEXNET_MODEL_NAME is deprecated, give only ALEXNET_MODELS")
+    monkeypatch.delenv("ALEXNET_MODELS")
+    monkeypatch.setenv("ALEXNET_MODEL_NAME", "")  # empty = unset, as for every variable
+    monkeypatch.setenv("ALEXNET_MODEL_VERSION", "newest")
+    assert "ALEXNET_MODEL_VERSION: a version number (1, 2, ...) is needed, not 'newest'" in _error(capsys)
+
+
+def test_a_server_starts_with_the_deprecated_flags(exported, tmp_path):
+    """The old command line (and variable) still serves: testnet v1, each warning once (not again per worker)."""
+    root, _, _ = exported
+    server = start_server(root, tmp_path / "serve.log", "--model-name", "testnet", "--model-version", "1",
+                          "--providers", "CPUExecutionProvider", "--repository-poll-seconds", "0",
+                          env={"ALEXNET_WARMUP_BATCH": "1", "ALEXNET_MODEL_NAME": "testnet"})
+    try:
+        with server.client() as c:
+            models = c.get("/v1/models").json()["models"]
+            config = c.get("/v2/models/testnet/config").json()
+    finally:
+        assert stop_server(server) in (0, -15)
+    assert [(m["name"], m["version"], m["ready"]) for m in models] == [("testnet", 1, True)]
+    assert config["version_policy"] == {"specific": {"versions": [1]}}
+    log = server.log.read_text().splitlines()
+    for line in ("alexnet-serve: warning: --model-name is deprecated; use --models testnet",
+                 "alexnet-serve: warning: --model-version is deprecated; use --version-policy testnet=specific:1",
+                 "alexnet-serve: warning: ALEXNET_MODEL_NAME is deprecated; use ALEXNET_MODELS=testnet"):
+        assert log.count(line) == 1, server.log.read_text()
+    assert "versions: testnet=specific:1" in server.log.read_text()
