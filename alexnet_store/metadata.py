@@ -14,9 +14,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from alexnet_store.vocabulary import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE, CropScheme
+
 FORMAT_VERSION = 1
 
-CropScheme = Literal["ten", "center"]
 Interpolation = Literal["bilinear", "bicubic"]  # Pillow's antialiased filters, which the service resizes with
 Precision = Literal["fp32", "int8"]
 LightingEigen = Literal["computed", "imagenet", "none"]
@@ -56,10 +57,10 @@ class Preprocessing:
     `layout` "NCHW", which said nothing the format does not fix; readers ignore them.)
     """
 
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    resize_size: int = RESIZE_SIZE
+    crop_size: int = CROP_SIZE
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     interpolation: Interpolation = "bilinear"
     crops: CropScheme = "ten"
     input_channels: int = 3  # added after format 1's first stores: their metadata lacks it and means 3 (RGB)

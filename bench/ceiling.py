@@ -116,11 +116,11 @@ def network_case(label: str, onnx_path: Path, version: ModelVersion, uint8_patch
 
 def serving_case(label: str, version: ModelVersion, uint8_patches: np.ndarray, *, elide: bool, threads: int = 0,
                  sessions: int = 1, config: dict[str, str] | None = None) -> Case:
-    from service.graph import INPUT_NAME, build_serving_model
+    from service.graph import GRAPH_INPUT, build_serving_model
 
     serving = build_serving_model(onnx.load(str(version.onnx_path)), version.metadata)
     opened = [cpu_session(serving, intra_op_threads=threads, elide=elide, config=config) for _ in range(sessions)]
-    return Case(label, [s for s, _ in opened], {INPUT_NAME: uint8_patches}, sessions * len(uint8_patches),
+    return Case(label, [s for s, _ in opened], {GRAPH_INPUT: uint8_patches}, sessions * len(uint8_patches),
                 version.metadata.precision, "serving", threads, opened[0][1])
 
 

@@ -40,9 +40,10 @@ from urllib.parse import urlsplit
 
 import numpy as np  # ~80 ms at start-up, before any request is sent: nothing measured pays for it
 
+from alexnet_store.vocabulary import IMAGE_SUFFIXES
+
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 BOUNDARY = "alexnet-loadgen-7d3f0c9b5e2a4f18"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -25,8 +25,8 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
+from alexnet_store.vocabulary import IMAGENET_MEAN, IMAGENET_STD, placeholder_label_names
 from training.network import AlexNet, build_alexnet
-from training.presets import IMAGENET_MEAN, IMAGENET_STD
 
 
 def load_model(checkpoint: str | None = None, num_classes: int = 1000, seed: int = 0,
@@ -41,7 +41,7 @@ def load_model(checkpoint: str | None = None, num_classes: int = 1000, seed: int
                 tuple(pre["mean"]), tuple(pre["std"]))
     torch.manual_seed(seed)
     model = build_alexnet(num_classes, init=init).eval()
-    return model, [f"class_{i}" for i in range(num_classes)], IMAGENET_MEAN, IMAGENET_STD
+    return model, placeholder_label_names(num_classes), IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_transforms(mean: tuple, std: tuple) -> dict[str, T.Compose]:
@@ -76,7 +76,7 @@ def create_app(model: AlexNet | None = None, labels: list[str] | None = None, me
                                           int(os.environ.get("ALEXNET_BASELINE_CLASSES", "1000")),
                                           int(os.environ.get("ALEXNET_BASELINE_SEED", "0")))
         else:
-            m, names, mu, sd = model.eval(), labels or [f"class_{i}" for i in range(model.num_classes)], mean, std
+            m, names, mu, sd = model.eval(), labels or placeholder_label_names(model.num_classes), mean, std
         state.update(model=m, labels=names, transforms=build_transforms(mu, sd))
         yield
         state.clear()

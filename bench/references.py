@@ -50,14 +50,14 @@ def build_models(workdir: Path, num_classes: int = 1000, seed: int = 0, int8: bo
     import torch
 
     from alexnet_store import Label, Preprocessing
+    from alexnet_store.vocabulary import IMAGENET_MEAN, IMAGENET_STD, placeholder_label_names
     from training.export import export_onnx, export_to_store
     from training.network import LocalResponseNorm, build_alexnet
-    from training.presets import IMAGENET_MEAN, IMAGENET_STD
 
     torch.manual_seed(seed)
     model = build_alexnet(num_classes, init="kaiming").eval()  # He init: activations neither vanish nor blow up
     store = ModelStore(workdir / "store")
-    labels = [Label(id=f"class_{i}", name=f"class_{i}") for i in range(num_classes)]
+    labels = [Label(id=name, name=name) for name in placeholder_label_names(num_classes)]
     log("exporting the fp32 model (banded LRN) ...")
     fp32 = export_to_store(model, store, "bench", labels, Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD),
                            source={"random_init": True, "init": "kaiming", "seed": seed}, log=lambda _m: None)

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from service.app_info import VERSION
 from service.handlers import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
-from service.repository import Loader
+from service.pipeline import ModelLoader
 from service.routes import ROUTERS
 from service.settings import Settings
 from service.state import RunnerFactory, ServiceState
@@ -64,7 +64,7 @@ def _configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def create_app(settings: Settings | None = None, *, loader: Loader | None = None,
+def create_app(settings: Settings | None = None, *, loader: ModelLoader | None = None,
                runner_factory: RunnerFactory | None = None) -> FastAPI:
     """Build the app. `loader` (version → loaded ClassifierModel) and `runner_factory` let tests and embedders
     inject their own."""

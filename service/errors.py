@@ -91,9 +91,10 @@ class Overloaded(ServiceUnavailable):
 
 
 class ImageRejected(ServiceError):
-    """One uploaded file could not be used; the status comes from the ImageError (400, 413, 415 or 422)."""
+    """One image could not be used; the status comes from the ImageError (400, 413, 415 or 422). `where` names the
+    image as its transport does (``file 'cat.jpg'``, ``inputs[0] element 3``); `filename` is set for uploads."""
 
-    def __init__(self, filename: str, error: ImageError) -> None:
-        super().__init__(f"file {filename!r}: {error}", status=error.status, filename=filename,
-                         reason=error.reason)
+    def __init__(self, where: str, error: ImageError, filename: str | None = None) -> None:
+        extra = {"filename": filename} if filename is not None else {}
+        super().__init__(f"{where}: {error}", status=error.status, reason=error.reason, **extra)
         self.error = error

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.evaluation.backends import SCHEMES, Backend, BackendError, HttpBackend, InProcessBackend
+from alexnet_store.vocabulary import CROP_SCHEMES
+from service.evaluation.backends import Backend, BackendError, HttpBackend, InProcessBackend
 from service.evaluation.data import EvalDataError, EvalSet, load_eval_set
 from service.evaluation.report import Evaluation, format_table, write_confusion_csv, write_json, write_plot
 
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    schemes = list(SCHEMES) if args.crops == "both" else [args.crops]
+    schemes = list(CROP_SCHEMES) if args.crops == "both" else [args.crops]
     backend = make_backend(args, parser)
     try:
         # setup: everything that can be wrong is found here, before any image is decoded

@@ -25,8 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 from alexnet_store import ModelMetadata
 from alexnet_store.metadata import LUMA_WEIGHTS
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
+GRAPH_INPUT = "images"
+GRAPH_OUTPUT = "probabilities"
 
 
 def _normalise(pre, net_input: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -60,11 +60,11 @@ def build_serving_model(network: onnx.ModelProto, metadata: ModelMetadata) -> on
         )
     normalise, constants = _normalise(pre, net_input)
     front = [
-        helper.make_node("Transpose", [INPUT_NAME], ["serving_nchw_u8"], perm=[0, 3, 1, 2]),
+        helper.make_node("Transpose", [GRAPH_INPUT], ["serving_nchw_u8"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", ["serving_nchw_u8"], ["serving_nchw"], to=TensorProto.FLOAT),
         *normalise,
     ]
-    back = [helper.make_node("Softmax", [net_output], [OUTPUT_NAME], axis=-1)]
+    back = [helper.make_node("Softmax", [net_output], [GRAPH_OUTPUT], axis=-1)]
 
     wrapped = onnx.ModelProto()
     wrapped.CopyFrom(network)
@@ -75,7 +75,7 @@ def build_serving_model(network: onnx.ModelProto, metadata: ModelMetadata) -> on
     g.initializer.extend(constants)
     del g.input[:]
     g.input.append(helper.make_tensor_value_info(
-        INPUT_NAME, TensorProto.UINT8, ["batch", pre.crop_size, pre.crop_size, 3]))
+        GRAPH_INPUT, TensorProto.UINT8, ["batch", pre.crop_size, pre.crop_size, 3]))
     del g.output[:]
-    g.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", metadata.num_classes]))
+    g.output.append(helper.make_tensor_value_info(GRAPH_OUTPUT, TensorProto.FLOAT, ["batch", metadata.num_classes]))
     return wrapped

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from alexnet_store import ModelVersion
-from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
+from service.graph import GRAPH_INPUT, GRAPH_OUTPUT, build_serving_model
 from service.session import ElisionReport, Prepare, cpu_session, run_here, session_options
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class ClassifierModel:
         if self.session is None:
             raise RuntimeError("model not loaded")
         options = self._release if release_memory else None
-        (probs,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: patches}, options)
+        (probs,) = self.session.run([GRAPH_OUTPUT], {GRAPH_INPUT: patches}, options)
         return probs
 
     def release_memory(self) -> None:

@@ -28,21 +28,29 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from alexnet_store.vocabulary import CROP_SCHEMES
 from service.errors import BadRequest, PayloadTooLarge
-from service.preprocess import CROPS_PER_SCHEME
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-INPUT_DATATYPE = "BYTES"
-OUTPUT_DATATYPE = "FP32"
+PROTOCOL_INPUT = "image"
+PROTOCOL_OUTPUT = "probabilities"
+PROTOCOL_INPUT_DATATYPE = "BYTES"
+PROTOCOL_OUTPUT_DATATYPE = "FP32"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "model_configuration", "parameters")
 _LENGTH = struct.Struct("<I")
+
+
+class Ranked(Protocol):
+    """One ranked class (service.pipeline.Prediction)."""
+
+    index: int
+    label: str
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,14 @@ class InferRequest:
     images: list[bytes]
     crops: str | None
     outputs: list[RequestedOutput]
+
+    @property
+    def classification(self) -> tuple[int, str]:
+        """The most classes any output asks to rank (0: none), and that output's field, for the dataplane's check."""
+        j = max(range(len(self.outputs)), key=lambda i: self.outputs[i].classification, default=None)
+        if j is None or not self.outputs[j].classification:
+            return 0, ""
+        return self.outputs[j].classification, f"outputs[{j}].parameters.classification"
 
 
 def _field(value: Any, where: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -99,8 +115,8 @@ def _flatten(data: Any, where: str) -> list[Any]:
     return out
 
 
-def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int, max_image_bytes: int,
-                        num_classes: int) -> InferRequest:
+def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int,
+                        max_image_bytes: int) -> InferRequest:
     """An infer request's body → the images and what to answer; BadRequest/PayloadTooLarge naming the field."""
     binary = b""
     if header_length is not None:
@@ -118,22 +134,22 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
         _field(request_id, "id", str, "a string")
     parameters = _field(request.get("parameters", {}), "parameters", dict, "an object")
     crops = parameters.get("crops")
-    if crops is not None and crops not in CROPS_PER_SCHEME:
-        raise BadRequest(f"parameters.crops: expected one of {sorted(CROPS_PER_SCHEME)}, got {json.dumps(crops)}",
+    if crops is not None and crops not in CROP_SCHEMES:
+        raise BadRequest(f"parameters.crops: expected one of {sorted(CROP_SCHEMES)}, got {json.dumps(crops)}",
                          reason="bad_parameter")
     binary_default = _bool(parameters.get("binary_data_output", False), "parameters.binary_data_output")
 
     inputs = _field(request.get("inputs"), "inputs", list, "a list with one input")
     if len(inputs) != 1:
-        raise BadRequest(f"inputs: expected one input ({INPUT_NAME!r}), got {len(inputs)}", reason="bad_request")
+        raise BadRequest(f"inputs: expected one input ({PROTOCOL_INPUT!r}), got {len(inputs)}", reason="bad_request")
     where = "inputs[0]"
     tensor = _field(inputs[0], where, dict, "an object")
     name = tensor.get("name")
-    if name != INPUT_NAME:
-        raise BadRequest(f"{where}.name: unknown input {json.dumps(name)} (this model's input is {INPUT_NAME!r})",
+    if name != PROTOCOL_INPUT:
+        raise BadRequest(f"{where}.name: unknown input {json.dumps(name)} (this model's input is {PROTOCOL_INPUT!r})",
                          reason="unknown_input")
-    if tensor.get("datatype") != INPUT_DATATYPE:
-        raise BadRequest(f"{where}.datatype: expected {INPUT_DATATYPE} (encoded image files), got "
+    if tensor.get("datatype") != PROTOCOL_INPUT_DATATYPE:
+        raise BadRequest(f"{where}.datatype: expected {PROTOCOL_INPUT_DATATYPE} (encoded image files), got "
                          f"{json.dumps(tensor.get('datatype'))}", reason="bad_datatype")
     shape = _field(tensor.get("shape"), f"{where}.shape", list, "[N] or [N, 1]")
     if not (len(shape) in (1, 2) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
@@ -178,27 +194,27 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
                                   reason="too_large")
 
     outputs = []
-    for j, spec in enumerate(_field(request.get("outputs", [{"name": OUTPUT_NAME}]), "outputs", list, "a list")):
+    for j, spec in enumerate(_field(request.get("outputs", [{"name": PROTOCOL_OUTPUT}]), "outputs", list, "a list")):
         at = f"outputs[{j}]"
         _field(spec, at, dict, "an object")
-        if spec.get("name") != OUTPUT_NAME:
+        if spec.get("name") != PROTOCOL_OUTPUT:
             raise BadRequest(f"{at}.name: unknown output {json.dumps(spec.get('name'))} (this model's output is "
-                             f"{OUTPUT_NAME!r})", reason="unknown_output")
+                             f"{PROTOCOL_OUTPUT!r})", reason="unknown_output")
         params = _field(spec.get("parameters", {}), f"{at}.parameters", dict, "an object")
         classes = params.get("classification", 0)
         _field(classes, f"{at}.parameters.classification", int, "a class count")
-        if not 0 <= classes <= num_classes:
-            raise BadRequest(f"{at}.parameters.classification: must be between 1 and {num_classes} (the model's "
-                             f"classes), got {classes}", reason="bad_parameter")
+        if classes < 0:  # the upper bound, the model's classes, is the dataplane's rule for every transport
+            raise BadRequest(f"{at}.parameters.classification: expected a class count >= 1, got {classes}",
+                             reason="bad_parameter")
         binary_out = _bool(params.get("binary_data", binary_default), f"{at}.parameters.binary_data")
-        outputs.append(RequestedOutput(OUTPUT_NAME, binary_out, classes))
+        outputs.append(RequestedOutput(PROTOCOL_OUTPUT, binary_out, classes))
     return InferRequest(request_id, images, crops, outputs)
 
 
-def classification_strings(probabilities: np.ndarray, labels: Sequence[str], k: int) -> np.ndarray:
-    """Triton's classification extension: the top-k per row as ``"probability:index:label"``, highest first."""
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    rows = [[f"{probabilities[r, i]:f}:{i}:{labels[i]}" for i in row] for r, row in enumerate(order)]
+def classification_strings(top: Sequence[Sequence[Ranked]], k: int) -> np.ndarray:
+    """Triton's classification extension: each image's top-k (the pipeline's ranking) as
+    ``"probability:index:label"``, highest first."""
+    rows = [[f"{p.probability:f}:{p.index}:{p.label}" for p in ranked[:k]] for ranked in top]
     return np.array(rows, dtype=object).reshape(len(rows), k)
 
 
@@ -211,16 +227,16 @@ def _serialize_bytes(values: np.ndarray) -> bytes:
 
 
 def encode_infer_response(request: InferRequest, *, model_name: str, model_version: int, probabilities: np.ndarray,
-                          labels: Sequence[str], parameters: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+                          top: Sequence[Sequence[Ranked]], parameters: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     """The response body and headers: JSON, or a JSON header plus binary tensors when any output asks for them."""
     outputs, blobs = [], []
     for spec in request.outputs:
         if spec.classification:
-            tensor = classification_strings(probabilities, labels, spec.classification)
+            tensor = classification_strings(top, spec.classification)
             datatype = "BYTES"
         else:
             tensor = probabilities.astype(np.float32, copy=False)
-            datatype = OUTPUT_DATATYPE
+            datatype = PROTOCOL_OUTPUT_DATATYPE
         out: dict[str, Any] = {"name": spec.name, "datatype": datatype, "shape": list(tensor.shape)}
         if spec.binary:
             blob = _serialize_bytes(tensor) if datatype == "BYTES" else np.ascontiguousarray(tensor, "<f4").tobytes()

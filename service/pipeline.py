@@ -4,10 +4,15 @@ KServe's `Model.__call__` is the pattern: `preprocess`, `predict` and `postproce
 timed (``alexnet_pipeline_step_seconds{model, step}``), composed once in `Pipeline.__call__`. Every transport
 calls it and only translates its own wire format:
 
-- ``POST /predict`` (multipart uploads → the service's JSON), service/routes/predict.py;
-- ``POST /v2/models/{m}/infer`` (Open Inference Protocol tensors → probabilities or Triton's classification
-  strings), service/routes/v2.py;
+- ``POST /predict`` (multipart uploads → the service's JSON), service/routes/predict.py, and
+  ``POST /v2/models/{m}/infer`` (Open Inference Protocol tensors → probabilities or Triton's classification
+  strings), service/routes/v2.py, both through the request lifecycle of service/dataplane.py;
 - `alexnet-eval`'s in-process backend (files on disk → top-5 per crop scheme), service/evaluation/backends.py.
+
+Every `Pipeline` is assembled by `PipelineFactory` (the repository's versions, `alexnet-eval`'s in-process model):
+a version's model is opened, given its runner (the dynamic batcher, or one run per request) and wrapped, from one
+`PipelineConfig`. The service builds that config from its `Settings` (`Settings.pipeline_config`), `alexnet-eval`
+from its flags; neither this module nor the runners hold defaults of their own.
 
 The steps:
 
@@ -28,17 +33,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
+from alexnet_store import ModelVersion
+from alexnet_store.vocabulary import CropScheme
+from service.batching import BatchingRunner
 from service.metrics import Metrics
-from service.model import ClassifierModel
-from service.preprocess import DEFAULT_LIMITS, CropScheme, DecodeLimits, ImageError, PreparedImage, prepare_image
-from service.runner import InferenceRunner
+from service.model import ClassifierModel, RuntimeOptions
+from service.preprocess import DecodeLimits, ImageError, PreparedImage, prepare_image
+from service.runner import InferenceRunner, ThreadRunner
+from service.session import Prepare, run_here
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,8 @@ class PipelineResult:
 class Pipeline:
     """A loaded model version, the runner that batches its model runs, and the steps around them."""
 
-    def __init__(self, model: ClassifierModel, runner: InferenceRunner, *, limits: DecodeLimits = DEFAULT_LIMITS,
-                 decode_limiter: anyio.CapacityLimiter | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, model: ClassifierModel, runner: InferenceRunner, *, limits: DecodeLimits,
+                 decode_limiter: anyio.CapacityLimiter | None, metrics: Metrics | None) -> None:
         self.model = model
         self.runner = runner
         self.limits = limits
@@ -139,8 +148,11 @@ class Pipeline:
         return await self.runner.infer(patches[0] if len(patches) == 1 else np.concatenate(patches))
 
     def top_k(self, probabilities: np.ndarray, k: int) -> tuple[Prediction, ...]:
-        """The k most probable classes, highest first (ties in index order)."""
+        """The k most probable classes, highest first (ties in index order); none for k = 0. The one top-k:
+        /predict's predictions, each patch's own (details=patches), Triton's classification strings."""
         k = min(k, probabilities.shape[0])
+        if k <= 0:
+            return ()
         top = np.argpartition(-probabilities, k - 1)[:k]
         top = top[np.argsort(-probabilities[top], kind="stable")]
         return tuple(Prediction(int(i), self.labels[i].name, self.labels[i].id, float(probabilities[i]))
@@ -198,10 +210,60 @@ class Pipeline:
                               preprocessed - start, inferred - preprocessed, done - inferred)
 
 
-def classify(model: ClassifierModel, images: Sequence[bytes], *, schemes: Sequence[CropScheme] = ("ten",),
-             top_k: int = 5) -> PipelineResult:
-    """The same composition for synchronous callers (scripts, tests): one run per call, in its own event loop."""
-    from service.runner import ThreadRunner
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """How a version is opened, batched and fed: no defaults here (the service's are its `Settings`)."""
 
-    pipeline = Pipeline(model, ThreadRunner(model, Metrics(), max_queued=0))
-    return asyncio.run(pipeline(images, schemes=schemes, top_k=top_k, all_or_nothing=False))
+    providers: list[str] | None  # None: auto (CUDA when usable, then CPU)
+    runtime: RuntimeOptions
+    warmup_batch: int
+    limits: DecodeLimits
+    decode_threads: int
+    batching: bool
+    max_batch_patches: int
+    max_batch_delay_ms: float
+    max_queued: int  # 0: no limit
+    concurrency: int
+    retry_after: int
+
+
+ModelLoader = Callable[[ModelVersion], ClassifierModel]
+RunnerFactory = Callable[[ClassifierModel], InferenceRunner]
+
+
+class PipelineFactory:
+    """The one place a `Pipeline` is put together: load → runner → pipeline, from one `PipelineConfig`.
+
+    `load` and `make_runner` may be replaced (tests inject recording runners or failing loaders; the service's
+    repository loads at low priority). The decode limiter is shared by every pipeline the factory builds, so all
+    loaded versions together decode at most `decode_threads` images at once."""
+
+    def __init__(self, config: PipelineConfig, metrics: Metrics, *, loader: ModelLoader | None = None,
+                 runner_factory: RunnerFactory | None = None, prepare: Prepare = run_here) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.prepare = prepare
+        self.decode_limiter = anyio.CapacityLimiter(config.decode_threads)
+        self.load: ModelLoader = loader or self._load
+        self.make_runner: RunnerFactory = runner_factory or self._runner
+
+    def _load(self, version: ModelVersion) -> ClassifierModel:
+        config = self.config
+        model = ClassifierModel(version, providers=config.providers, runtime=config.runtime)
+        model.load(config.warmup_batch, prepare=self.prepare)
+        return model
+
+    def _runner(self, model: ClassifierModel) -> InferenceRunner:
+        """The dynamic batcher (`batching`), or one run per request without it."""
+        c = self.config
+        if c.batching:
+            return BatchingRunner(model, self.metrics, max_batch=c.max_batch_patches,
+                                  max_delay=c.max_batch_delay_ms / 1000, max_queued=c.max_queued,
+                                  concurrency=c.concurrency, retry_after=c.retry_after)
+        return ThreadRunner(model, self.metrics, concurrency=c.concurrency, max_queued=c.max_queued,
+                            retry_after=c.retry_after)
+
+    def pipeline(self, model: ClassifierModel) -> Pipeline:
+        """The model with a new (not yet started) runner: ``await pipeline.runner.start()`` before use."""
+        return Pipeline(model, self.make_runner(model), limits=self.config.limits,
+                        decode_limiter=self.decode_limiter, metrics=self.metrics)

@@ -29,16 +29,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-CropScheme = Literal["ten", "center"]
-# torchvision's FiveCrop order. TenCrop adds the same five cuts of the mirrored square; `patch_boxes` names
-# and places all of them (the one definition of the patch geometry: crop_patches and the API use it).
-FIVE_CROP = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
-CROPS_PER_SCHEME: dict[str, int] = {"ten": 2 * len(FIVE_CROP), "center": 1}
+from alexnet_store.vocabulary import FIVE_CROP, PATCHES_PER_SCHEME, CropScheme
+
+# The crop schemes and torchvision's FiveCrop order come from the store's vocabulary; `patch_boxes` names and
+# places every patch (the one definition of the patch geometry: crop_patches and the API use it).
 
 # Formats real uploads come in. Image.open is restricted to these: no EPS/PostScript (Ghostscript),
 # no exotic decoders reachable from the network.
@@ -252,7 +250,7 @@ def patch_boxes(size: int, crop: int, scheme: CropScheme) -> tuple[PatchBox, ...
     is the square's top-right corner mirrored, "top-right-flipped". Every name appears once, and each patch's
     mirror image is the patch of the same region with "-flipped".
     """
-    if scheme not in CROPS_PER_SCHEME:
+    if scheme not in PATCHES_PER_SCHEME:
         raise ValueError(f"unknown crop scheme {scheme!r}")
     c, e = _center_offset(size, crop), size - crop
     if scheme == "center":

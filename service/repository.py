@@ -37,27 +37,22 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-import anyio
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
 from service.errors import NotFound, NotReady, ServiceUnavailable, Unprocessable
 from service.metrics import Metrics
 from service.model import ClassifierModel
-from service.pipeline import Pipeline
+from service.pipeline import Pipeline, PipelineFactory
 from service.policy import Policies
-from service.preprocess import DecodeLimits
 from service.runner import InferenceRunner, run_to_completion
 
 log = logging.getLogger(__name__)
 
 State = Literal["LOADING", "READY", "UNLOADING", "UNAVAILABLE"]
-Loader = Callable[[ModelVersion], ClassifierModel]
-RunnerFactory = Callable[[ClassifierModel], InferenceRunner]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -129,19 +124,14 @@ def folder_signature(path: Path) -> tuple:
 
 
 class ModelRepository:
-    def __init__(self, store: ModelStore, *, loader: Loader, runner_factory: RunnerFactory, metrics: Metrics,
-                 models: Sequence[str] = (), policies: Policies | None = None, poll_seconds: float = 0.0,
-                 limits: DecodeLimits | None = None, decode_limiter: anyio.CapacityLimiter | None = None,
-                 retry_after: int = 1) -> None:
+    def __init__(self, store: ModelStore, factory: PipelineFactory, *, metrics: Metrics, models: Sequence[str],
+                 policies: Policies, poll_seconds: float, retry_after: int) -> None:
         self.store = store
-        self.loader = loader
-        self.runner_factory = runner_factory
+        self.factory = factory
         self.metrics = metrics
         self.models = tuple(models)
-        self.policies = policies or Policies()
+        self.policies = policies
         self.poll_seconds = poll_seconds
-        self.limits = limits or DecodeLimits()
-        self.decode_limiter = decode_limiter
         self.retry_after = retry_after
         self.served: dict[str, dict[int, ServedVersion]] = {}
         self.records: dict[tuple[str, int], _Record] = {}
@@ -348,15 +338,13 @@ class ModelRepository:
         try:
             # a shutdown during a load waits for it (seconds), so no thread is left inside ONNX Runtime
             entry, model, memory = await run_to_completion(self._load_in_thread, path, name, version)
-            runner = self.runner_factory(model)
-            await runner.start()
+            pipeline = self.factory.pipeline(model)
+            await pipeline.runner.start()
         except Exception as exc:
             reason = self._describe(exc, path)
             self.records[(name, version)] = _Record("UNAVAILABLE", reason, signature)
             log.error("model %s version %d failed to load: %s", name, version, reason)
             return
-        pipeline = Pipeline(model, runner, limits=self.limits, decode_limiter=self.decode_limiter,
-                            metrics=self.metrics)
         seconds = time.perf_counter() - start
         self.served.setdefault(name, {})[version] = ServedVersion(entry, pipeline, seconds, memory)
         self.records.pop((name, version), None)
@@ -374,7 +362,7 @@ class ModelRepository:
             if (meta.name, meta.version) != (name, version):
                 raise StoreError(f"metadata.json describes {meta.name} v{meta.version}, not the folder "
                                  f"{name}/{version} it is in (copied from elsewhere?)")
-            model = self.loader(entry)
+            model = self.factory.load(entry)
             trim_heap()
             after = rss_bytes()
         return entry, model, (max(0, after - before) if before is not None and after is not None else None)

@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
@@ -31,6 +31,9 @@ from pydantic_settings import (
 
 from alexnet_store.store import StoreError, validate_name
 from service.policy import Policies, VersionPolicy
+
+if TYPE_CHECKING:
+    from service.pipeline import PipelineConfig
 
 ENV_PREFIX = "ALEXNET_"
 PROG = "alexnet-serve"
@@ -305,6 +308,20 @@ class Settings(BaseSettings):
 
     def effective_decode_threads(self) -> int:
         return self.decode_threads or max(1, os.cpu_count() or 1)
+
+    def pipeline_config(self) -> PipelineConfig:
+        """What every version's `Pipeline` is built from (service/pipeline.py `PipelineFactory`)."""
+        from service.model import RuntimeOptions
+        from service.pipeline import PipelineConfig
+        from service.preprocess import DecodeLimits
+
+        return PipelineConfig(
+            providers=self.provider_request, runtime=RuntimeOptions.from_settings(self),
+            warmup_batch=self.warmup_batch, limits=DecodeLimits(max_pixels=self.max_pixels, draft=self.jpeg_draft),
+            decode_threads=self.effective_decode_threads(), batching=self.batching,
+            max_batch_patches=self.max_batch_patches, max_batch_delay_ms=self.max_batch_delay_ms,
+            max_queued=self.max_queued_inferences, concurrency=self.inference_concurrency,
+            retry_after=self.retry_after_seconds)
 
     def to_env(self) -> dict[str, str]:
         """The settings as ALEXNET_* variables, so uvicorn's worker processes rebuild the same object."""

@@ -15,19 +15,18 @@ import sys
 import time
 from collections.abc import Callable
 
-import anyio
 import onnxruntime as ort
 
-from alexnet_store import ModelStore, ModelVersion
+from alexnet_store import ModelStore
 from service.admission import Admission, default_limits
 from service.auth import ApiKeys
-from service.batching import BatchingRunner
+from service.dataplane import DataPlane
 from service.errors import Conflict, NotReady
 from service.metrics import Metrics
-from service.model import ClassifierModel, RuntimeOptions, resolve_providers
-from service.preprocess import DecodeLimits
-from service.repository import Loader, ModelRepository, trim_heap
-from service.runner import InferenceRunner, ThreadRunner, run_to_completion
+from service.model import ClassifierModel, resolve_providers
+from service.pipeline import ModelLoader, PipelineFactory
+from service.repository import ModelRepository, trim_heap
+from service.runner import InferenceRunner, run_to_completion
 from service.session import low_priority
 from service.settings import Settings
 from service.uploads import UploadLimits
@@ -38,43 +37,21 @@ RunnerFactory = Callable[[ClassifierModel, Metrics, Settings], InferenceRunner]
 LOAD_FAILURE_EXIT_CODE = 3  # uvicorn's STARTUP_FAILURE: its supervisor stops instead of restarting the worker
 
 
-def default_runner(model: ClassifierModel, metrics: Metrics, settings: Settings) -> InferenceRunner:
-    """The dynamic batcher (`ALEXNET_BATCHING`, the default), or one run per request without it."""
-    if settings.batching:
-        return BatchingRunner(model, metrics, max_batch=settings.max_batch_patches,
-                              max_delay=settings.max_batch_delay_ms / 1000, max_queued=settings.max_queued_inferences,
-                              concurrency=settings.inference_concurrency, retry_after=settings.retry_after_seconds)
-    return ThreadRunner(model, metrics, concurrency=settings.inference_concurrency,
-                        max_queued=settings.max_queued_inferences, retry_after=settings.retry_after_seconds)
-
-
-def default_loader(settings: Settings) -> Loader:
-    """Open and warm up a version's session the way the settings say (providers, threads, warm-up batch)."""
-    runtime = RuntimeOptions.from_settings(settings)
-
-    def load(version: ModelVersion) -> ClassifierModel:
-        model = ClassifierModel(version, providers=settings.provider_request, runtime=runtime)
-        model.load(settings.warmup_batch, prepare=low_priority)  # while other versions serve: what they leave
-        return model
-
-    return load
-
-
 class ServiceState:
-    def __init__(self, settings: Settings, metrics: Metrics, *, loader: Loader | None = None,
+    def __init__(self, settings: Settings, metrics: Metrics, *, loader: ModelLoader | None = None,
                  runner_factory: RunnerFactory | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.upload_limits = UploadLimits(max_file_bytes=settings.max_file_bytes,
                                           max_request_bytes=settings.max_request_bytes,
                                           max_files=settings.max_files_per_request)
-        make_runner = runner_factory or default_runner
+        # a version loads at low priority (nice +10) while the others serve: what they leave (service/session.py)
+        self.factory = PipelineFactory(
+            settings.pipeline_config(), metrics, loader=loader, prepare=low_priority,
+            runner_factory=(lambda model: runner_factory(model, metrics, settings)) if runner_factory else None)
         self.repository = ModelRepository(
-            ModelStore(settings.model_store), loader=loader or default_loader(settings),
-            runner_factory=lambda model: make_runner(model, metrics, settings), metrics=metrics,
-            models=settings.models, policies=settings.policies, poll_seconds=settings.repository_poll_seconds,
-            limits=DecodeLimits(max_pixels=settings.max_pixels, draft=settings.jpeg_draft),
-            decode_limiter=anyio.CapacityLimiter(settings.effective_decode_threads()),
+            ModelStore(settings.model_store), self.factory, metrics=metrics, models=settings.models,
+            policies=settings.policies, poll_seconds=settings.repository_poll_seconds,
             retry_after=settings.retry_after_seconds)
         self.requested_providers = resolve_providers(settings.provider_request)
         self.api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None
@@ -83,6 +60,7 @@ class ServiceState:
         self.admission = Admission(max_bytes=settings.max_inflight_bytes or max_bytes,
                                    max_images=settings.max_inflight_images or max_images,
                                    retry_after=settings.retry_after_seconds, metrics=metrics)
+        self.dataplane = DataPlane(self.repository, self.admission, metrics)
 
     async def start(self) -> None:
         """Load what the version policies select; with `exit_on_load_failure`, exit if a model has no version."""

@@ -343,3 +343,17 @@ def full_page_screenshot(driver, path: Path, width: int, *, mobile: bool = False
     driver.execute_script("return new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
     driver.save_screenshot(str(path))
     return path
+
+
+def classify(model, images: list[bytes], *, schemes=("ten",), top_k: int = 5):
+    """The service's composition for a loaded model, synchronously: a pipeline from the one factory (the service's
+    default settings, one run per call, no queue limit), one call in its own event loop."""
+    import asyncio
+
+    from service.metrics import Metrics
+    from service.pipeline import PipelineFactory
+    from service.settings import Settings
+
+    settings = Settings.model_construct(batching=False, max_queued_inferences=0)
+    pipeline = PipelineFactory(settings.pipeline_config(), Metrics()).pipeline(model)
+    return asyncio.run(pipeline(images, schemes=schemes, top_k=top_k, all_or_nothing=False))

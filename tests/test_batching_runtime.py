@@ -7,7 +7,6 @@ import pytest
 
 from service.model import CPU, CUDA, ClassifierModel, RuntimeOptions
 from service.settings import Settings
-from service.state import default_loader
 
 
 def test_settings_reach_the_session(exported):
@@ -92,3 +91,11 @@ def test_loading_runs_at_low_priority_but_serves_at_normal_priority(exported):
     assert model.elision is not None and model.elision.fallback is None  # elided, checked, at low priority
     assert _thread_nice_values() == {base}  # ORT's intra-op threads included
     assert model.predict(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 10)
+
+
+def default_loader(settings):
+    """How the service opens a version with these settings (the one factory's loader)."""
+    from service.metrics import Metrics
+    from service.pipeline import PipelineFactory
+
+    return PipelineFactory(settings.pipeline_config(), Metrics()).load

@@ -34,11 +34,11 @@ def test_interleave_rotates_and_pairs() -> None:
 
 def test_reorder_elision_keeps_the_outputs(exported) -> None:
     """On the serving graph (network inside): the rewritten session answers like ONNX Runtime's own."""
-    from service.graph import INPUT_NAME, build_serving_model
+    from service.graph import GRAPH_INPUT, build_serving_model
 
     _root, version, _model = exported
     serving = build_serving_model(onnx.load(str(version.onnx_path)), version.metadata)
-    feed = {INPUT_NAME: np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)}
+    feed = {GRAPH_INPUT: np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)}
     plain = ort.InferenceSession(serving.SerializeToString(), providers=["CPUExecutionProvider"])
     fast, elided = cpu_session(serving)
     assert elided.fallback in (None, "nothing to elide"), elided

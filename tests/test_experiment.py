@@ -107,10 +107,10 @@ def test_train_export_evaluate_need_no_web_stack(fashion_mnist_root: Path, tmp_p
     # (at 224 the two resizes give identical pixels).
     import numpy as np
     import torch
+    from helpers import classify
     from PIL import Image
 
     from service.model import ClassifierModel
-    from service.pipeline import classify
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.device_data import Pipeline
 

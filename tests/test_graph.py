@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from alexnet_store import Label, ModelMetadata, OnnxInfo, Preprocessing
 from alexnet_store.metadata import Architecture
-from service.graph import INPUT_NAME, OUTPUT_NAME, build_serving_model
+from service.graph import GRAPH_INPUT, GRAPH_OUTPUT, build_serving_model
 
 SIZE, CLASSES = 6, 4
 
@@ -41,7 +41,7 @@ def serve(channels: int, pre: Preprocessing, patches: np.ndarray, seed: int = 0)
     serving = build_serving_model(linear_network(channels, weight), metadata(pre))
     onnx.checker.check_model(serving)
     session = ort.InferenceSession(serving.SerializeToString(), providers=["CPUExecutionProvider"])
-    (probs,) = session.run([OUTPUT_NAME], {INPUT_NAME: patches})
+    (probs,) = session.run([GRAPH_OUTPUT], {GRAPH_INPUT: patches})
     return probs, weight
 
 

@@ -11,7 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from training.network import INIT_SCHEMES, INPUT_SIZE, AlexNet, LocalResponseNorm, build_alexnet, count_parameters
+from training.network import (
+    ALEXNET_INIT_SCHEMES,
+    INPUT_SIZE,
+    AlexNet,
+    LocalResponseNorm,
+    build_alexnet,
+    count_parameters,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +92,7 @@ def _layers(model: AlexNet) -> dict[str, nn.Module]:
 BIAS_ONE = {"conv2", "conv4", "conv5", "fc6", "fc7"}
 
 
-@pytest.mark.parametrize("scheme", INIT_SCHEMES)
+@pytest.mark.parametrize("scheme", ALEXNET_INIT_SCHEMES)
 def test_init_statistics(scheme: str) -> None:
     torch.manual_seed(0)
     model = build_alexnet(10, init=scheme)

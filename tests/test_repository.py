@@ -22,7 +22,7 @@ from service.metrics import Metrics
 from service.policy import Policies, VersionPolicy
 from service.repository import ModelRepository
 from service.settings import Settings
-from service.state import ServiceState, default_loader
+from service.state import ServiceState
 
 PHOTO = (SKLEARN_IMAGES / "china.jpg").read_bytes()
 
@@ -161,8 +161,8 @@ def test_a_broken_version_never_takes_traffic(store, kind, reason):
     async def scenario():
         repo = repository(store)
         loads = []
-        real = repo.loader
-        repo.loader = lambda entry: (loads.append(entry.version), real(entry))[1]
+        real = repo.factory.load
+        repo.factory.load = lambda entry: (loads.append(entry.version), real(entry))[1]
         await repo.start()
         try:
             version = _publish_broken(store, kind)
@@ -230,3 +230,11 @@ def test_stopping_while_a_version_loads_waits_for_the_load(store):
         assert started.wait(30)
     assert finished.is_set(), "the app stopped while its loading thread was still running"
     assert not [t.name for t in threading.enumerate() if t.name == "alexnet-load-low-priority"]
+
+
+def default_loader(settings):
+    """How the service opens a version with these settings (the one factory's loader)."""
+    from service.metrics import Metrics
+    from service.pipeline import PipelineFactory
+
+    return PipelineFactory(settings.pipeline_config(), Metrics()).load

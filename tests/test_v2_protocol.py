@@ -165,7 +165,7 @@ def post(client: TestClient, body: dict | bytes, headers: dict | None = None):
     ({"inputs": []}, 400, "inputs: expected one input"),
     ({}, 400, "inputs: expected a list"),
     (json_request(PHOTOS[0], outputs=[{"name": "logits"}]), 400, "outputs[0].name: unknown output \"logits\""),
-    (json_request(PHOTOS[0], outputs=[{"name": "probabilities", "parameters": {"classification": 11}}]), 400,
+    (json_request(PHOTOS[0], outputs=[{"name": "probabilities", "parameters": {"classification": 11}}]), 422,
      "outputs[0].parameters.classification: must be between 1 and 10"),
     (json_request(PHOTOS[0], parameters={"crops": "five"}), 400, "parameters.crops: expected one of"),
     (json_request(*[PHOTOS[0]] * 5), 413, "inputs[0].shape: 5 images, more than the limit of 4"),

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alexnet_store.vocabulary import is_image_file
 from training import fashion_mnist, recipes
 from training.data import DatasetError, stratified_subset, subset_limits
 from training.networks import ARCHITECTURES
@@ -166,7 +167,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Context:
         eval_dir = Path(args.data) / "val"
         if not eval_dir.is_dir():
             raise DatasetError(f"{args.data} has no val/ folder to evaluate on")
-    files = sorted(p for p in eval_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = sorted(p for p in eval_dir.rglob("*") if p.is_file() and is_image_file(p.name))
     by_class: dict[Path, Path] = {}
     for path in files:
         by_class.setdefault(path.parent, path)

@@ -32,13 +32,13 @@ from alexnet_store import (
 )
 from alexnet_store.metadata import Architecture
 from alexnet_store.store import sha256_of
+from alexnet_store.vocabulary import IMAGE_SUFFIXES
 from training.network import INPUT_SIZE
 from training.networks import describe, input_shape
 from training.presets import ten_crop_transform
 
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 class ExportError(RuntimeError):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from alexnet_store import Label, ModelStore, Preprocessing, StoreError, TrainingSummary
+from alexnet_store.vocabulary import placeholder_label_names
 from training.checkpoint import (
     CheckpointError,
     labels_from_checkpoint,
@@ -107,7 +108,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, list[Label], 
         raise ExportError(f"--labels has {len(file_labels)} entries but --num-classes is {num_classes}")
     if args.no_grouping and args.arch != "alexnet":
         raise ExportError("--no-grouping applies to --arch alexnet only")
-    labels = file_labels or [Label(id=f"class_{i}", name=f"class_{i}") for i in range(num_classes)]
+    labels = file_labels or [Label(id=name, name=name) for name in placeholder_label_names(num_classes)]
     torch.manual_seed(args.seed)
     options = {"grouped": not args.no_grouping} if args.arch == "alexnet" else {}
     width = recipe_for(args.recipe, args.arch).width_divisor

@@ -15,13 +15,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from alexnet_store.vocabulary import CROP_SIZE
+
 # The paper's LRN hyper-parameters (section 3.3).
 LRN_SIZE = 5
 LRN_ALPHA = 1e-4
 LRN_BETA = 0.75
 LRN_K = 2.0
 
-INPUT_SIZE = 224
+INPUT_SIZE = CROP_SIZE
 
 
 class LocalResponseNorm(nn.Module):
@@ -145,7 +147,7 @@ class AlexNet(nn.Module):
             elif scheme == "caffe":
                 nn.init.constant_(layer.bias, 0.1 if layer in ones else 0.0)
             else:
-                raise ValueError(f"unknown init scheme {scheme!r} (paper, caffe, kaiming)")
+                raise ValueError(f"unknown init scheme {scheme!r} ({', '.join(ALEXNET_INIT_SCHEMES)})")
 
     def describe(self) -> dict:
         """Architecture facts that go into the exported metadata."""
@@ -159,7 +161,8 @@ class AlexNet(nn.Module):
         }
 
 
-INIT_SCHEMES = ("paper", "caffe", "kaiming")
+# The init schemes the paper's AlexNet defines for itself; training/networks.py adds the d2l book's xavier.
+ALEXNET_INIT_SCHEMES = ("paper", "caffe", "kaiming")
 
 
 def build_alexnet(num_classes: int, grouped: bool = True, init: str = "paper", dropout: float = 0.5) -> AlexNet:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.network import AlexNet, count_parameters
+from training.network import ALEXNET_INIT_SCHEMES, AlexNet, count_parameters
 
 
 # -- the book's networks ----------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {spec.name: spec for spec in (
     ArchSpec("resnet18", resnet18, 1, 96, (), "ResNet-18"),
     ArchSpec("densenet", densenet, 1, 96, (), "DenseNet (4 dense blocks of 4 convs, growth rate 32)"),
 )}
-INIT_SCHEMES = ("paper", "caffe", "kaiming", "xavier")
+INIT_SCHEMES = (*ALEXNET_INIT_SCHEMES, "xavier")
 
 
 class ArchError(ValueError):
@@ -296,7 +296,7 @@ def initialize(model: nn.Module, scheme: str) -> None:
     its rule without AlexNet's layer-specific biases: weights N(0, 0.01), biases 0. BatchNorm layers keep
     weight 1, bias 0.
     """
-    if isinstance(model, AlexNet) and scheme in ("paper", "caffe", "kaiming"):
+    if isinstance(model, AlexNet) and scheme in ALEXNET_INIT_SCHEMES:
         model.initialize(scheme)
         return
     if scheme not in INIT_SCHEMES:

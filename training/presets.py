@@ -15,6 +15,7 @@ import torch
 from torchvision.transforms import v2
 
 from alexnet_store.metadata import LUMA_WEIGHTS, ColourLighting
+from alexnet_store.vocabulary import IMAGENET_MEAN, IMAGENET_STD
 
 # ImageNet RGB statistics of pixel values in [0, 1], as used by fb.resnet.torch for the paper's
 # "fancy PCA" (section 4.1). Column j of EIGVEC is the eigenvector of EIGVAL[j]. Only on request (`--pca imagenet`)
@@ -30,8 +31,6 @@ PCA_ALPHA_STD = 0.1
 # way. (The Fashion-MNIST pipeline on the device resizes bilinearly in Pillow's arithmetic: training/device_data.py.)
 INTERPOLATION = "bilinear"
 _MODES = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def imagenet_mean_std(in_channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:

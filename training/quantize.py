@@ -58,9 +58,9 @@ from alexnet_store import (
     TrainingSummary,
 )
 from alexnet_store.store import sha256_of
+from alexnet_store.vocabulary import IMAGE_SUFFIXES
 from training.export import (
     DEFAULT_OPSET,
-    IMAGE_SUFFIXES,
     PARITY_TOLERANCE,
     check_labels,
     export_checked_onnx,

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from alexnet_store import Label, ModelStore, ModelVersion, StoreError
+from alexnet_store.vocabulary import CROP_SCHEMES
 from service.evaluation.data import Sample
 
 TOP_K = 5
-SCHEMES = ("ten", "center")
 
 
 class BackendError(RuntimeError):
@@ -117,17 +117,28 @@ class InProcessBackend:
         provider = self.model.provider if self.model is not None else "not loaded"
         return ModelInfo(meta.name, meta.version, meta.precision, provider, meta.labels)
 
-    def start(self) -> None:
-        from service.model import ClassifierModel, RuntimeOptions  # onnxruntime only when this backend runs
+    def factory(self, schemes: Sequence[str]) -> Any:
+        """The service's own `PipelineFactory`, from the service's `Settings` defaults (not the environment: an
+        evaluation is reproducible whatever ALEXNET_* a shell holds) with alexnet-eval's flags over them:
+        `batch_size` images per model run, `workers` decode threads, no queue limit (every image waits its turn)."""
+        from alexnet_store.vocabulary import PATCHES_PER_SCHEME
+        from service.metrics import Metrics
+        from service.pipeline import PipelineFactory
+        from service.settings import Settings
 
+        patches = sum(PATCHES_PER_SCHEME[s] for s in schemes)
+        settings = Settings.model_construct(
+            providers=list(self.providers) if self.providers else ["auto"], intra_op_threads=self.intra_op_threads,
+            decode_threads=self.workers, batching=True, max_batch_patches=self.batch_size * patches,
+            max_queued_inferences=0, warmup_batch=1)
+        return PipelineFactory(settings.pipeline_config(), Metrics())
+
+    def start(self) -> None:
         self.describe()
         try:
-            model = ClassifierModel(self._version, providers=self.providers,
-                                    runtime=RuntimeOptions(intra_op_threads=self.intra_op_threads))
-            model.load()
+            self.model = self.factory(CROP_SCHEMES).load(self._version)
         except (StoreError, ValueError) as exc:
             raise BackendError(f"cannot load {self._version.path}: {exc}") from exc
-        self.model = model
 
     def evaluate(self, samples: Sequence[Sample], schemes: Sequence[str], on_result: ResultCallback) -> None:
         if self.model is None:
@@ -137,17 +148,10 @@ class InProcessBackend:
     async def _evaluate(self, samples: Sequence[Sample], schemes: Sequence[str], on_result: ResultCallback) -> None:
         """One pipeline call per image, many in flight: the batcher gathers them into runs of `batch_size` images
         while the next ones are read and decoded, exactly as concurrent requests are in the service."""
-        import anyio
         import anyio.to_thread
 
-        from service.batching import BatchingRunner
-        from service.metrics import Metrics
-        from service.pipeline import Pipeline
-        from service.preprocess import CROPS_PER_SCHEME
-
-        patches = sum(CROPS_PER_SCHEME[s] for s in schemes)
-        runner = BatchingRunner(self.model, Metrics(), max_batch=self.batch_size * patches, max_queued=0)
-        pipeline = Pipeline(self.model, runner, decode_limiter=anyio.CapacityLimiter(self.workers))
+        pipeline = self.factory(schemes).pipeline(self.model)
+        runner = pipeline.runner
         queue = iter(enumerate(samples))
 
         async def one(position: int, sample: Sample) -> ImageResult:

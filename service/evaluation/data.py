@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet_store import Label
+from alexnet_store.vocabulary import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 LOC_SOLUTION = "LOC_val_solution.csv"
 DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 _VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)", re.IGNORECASE)

@@ -1,4 +1,8 @@
-"""POST /predict: multipart images in, top-k classes per image out (the paper's 10-crop evaluation)."""
+"""POST /predict: multipart images in, top-k classes per image out (the paper's 10-crop evaluation).
+
+Wire format only: the uploads become the dataplane's `Inputs`, its `Answer` becomes `PredictResponse`; the
+request's lifecycle and rules are service/dataplane.py's.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,12 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from PIL import Image
 
+from alexnet_store.vocabulary import CropScheme
 from service import pipeline as pl
-from service.errors import ImageRejected, ServiceError, Unprocessable
-from service.preprocess import CropScheme, patch_boxes
+from service.admission import Ticket
+from service.dataplane import Inputs
+from service.errors import Unprocessable
+from service.preprocess import patch_boxes
 from service.routes.deps import InferKey, StateDep
 from service.schemas import (
     ErrorBody,
@@ -30,9 +37,6 @@ from service.schemas import (
 from service.uploads import declared_length, read_uploads
 
 router = APIRouter(tags=["predict"], dependencies=[InferKey])
-
-# Reasons that are about a file (counted in images_rejected), not about the request as a whole.
-_FILE_REASONS = {"too_large", "too_many_files", "empty", "unsupported", "too_many_pixels", "corrupt"}
 
 _EXAMPLE = {
     "model": {"name": "alexnet", "version": 1},
@@ -172,52 +176,37 @@ async def predict(
                     "(about 22 KB and 0.3 ms per image)", examples=[True])] = False,
 ) -> PredictResponse:
     start = time.perf_counter()
-    metrics = state.metrics
-    with state.admission.ticket(declared_length(request, state.upload_limits)) as ticket:
-        async with state.repository.lease(model, version) as served:
-            pipeline = served.pipeline
-            if top_k > pipeline.num_classes:
-                raise Unprocessable(
-                    f"query parameter 'top_k': must be between 1 and {pipeline.num_classes} (the model's classes), "
-                    f"got {top_k}", reason="top_k")
-            if square and details != "patches":
-                raise Unprocessable("query parameter 'square': needs details=patches (the square is the frame of "
-                                    "the patches' boxes)", reason="square")
-            scheme = crops or pipeline.preprocessing.crops
-            try:
-                uploads = await read_uploads(request, state.upload_limits, ticket)
-            except ServiceError as exc:
-                reason = exc.extra.get("reason")
-                if reason in _FILE_REASONS:
-                    metrics.images_rejected.labels(reason).inc()
-                raise
-            read_done = time.perf_counter()
-            metrics.request_images.observe(len(uploads))
-            ticket.charge_images(len(uploads))
-            result = await pipeline([u.data for u in uploads], schemes=(scheme,), top_k=top_k)
+    if square and details != "patches":
+        raise Unprocessable("query parameter 'square': needs details=patches (the square is the frame of the patches' "
+                            "boxes)", reason="square")
 
-    bad = result.first_error()
-    if bad is not None:  # the first bad file in upload order fails the request
-        raise ImageRejected(uploads[bad.position].filename, bad.error)
+    async def read(_pipeline: pl.Pipeline, ticket: Ticket) -> Inputs:
+        uploads = await read_uploads(request, state.upload_limits, ticket)
+        return Inputs([u.data for u in uploads], [f"file {u.filename!r}" for u in uploads], crops=crops, top_k=top_k,
+                      top_k_field="query parameter 'top_k'", filenames=[u.filename for u in uploads])
+
+    answer = await state.dataplane.infer(model, version, declared_length(request, state.upload_limits), read)
+    pipeline, result, scheme = answer.pipeline, answer.result, answer.scheme
+    filenames = answer.inputs.filenames or []
     jpegs: list[str | None] = [None] * len(result.images)
     if square:  # off the event loop, like the decoding
         jpegs = await anyio.to_thread.run_sync(lambda: [square_data_url(i.square) for i in result.images],
                                                limiter=pipeline.decode_limiter)
     results = [
         ImageResult(
-            filename=upload.filename,
+            filename=filename,
             predictions=_predictions(image.schemes[scheme].top),
             image=ImageInfo(format=image.format, width=image.width, height=image.height),
             preprocess_ms=round(1000 * image.preprocess_seconds, 3),
             details=patch_details(pipeline, image, scheme, top_k, jpeg) if details == "patches" else None,
         )
-        for upload, image, jpeg in zip(uploads, result.images, jpegs, strict=True)
+        for filename, image, jpeg in zip(filenames, result.images, jpegs, strict=True)
     ]
     done = time.perf_counter()
     return PredictResponse(
         model=ModelRef(name=result.name, version=result.version), crops=scheme, top_k=top_k,
         provider=result.provider, results=results,
-        timing=Timing(read_ms=round(1000 * (read_done - start), 3),
+        timing=Timing(read_ms=round(1000 * answer.read_seconds, 3),
                       preprocess_ms=round(1000 * result.preprocess_seconds, 3),
                       inference_ms=round(1000 * result.inference_seconds, 3),
                       total_ms=round(1000 * (done - start), 3)),

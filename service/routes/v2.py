@@ -1,8 +1,9 @@
 """The Open Inference Protocol (KServe v2 REST, as Triton implements it): server, model and inference endpoints.
 
-Each endpoint translates its wire format only: the health answers come from the same functions as
-``/health/*``, the models from the repository, and ``infer`` runs the same `Pipeline` as ``POST /predict``
-(service/oip.py parses and encodes the tensors). Errors are ``{"error": "..."}`` (service/handlers.py), with
+Each endpoint translates its wire format only: the health answers come from the same functions as ``/health/*``,
+the models from the repository, and ``infer`` goes through the same dataplane as ``POST /predict``
+(service/dataplane.py: the request's lifecycle and rules; service/oip.py parses and encodes the tensors).
+Errors are ``{"error": "..."}`` (service/handlers.py), with
 the status codes ``/predict`` uses (400, 404, 413, 415, 503 with Retry-After).
 
 The protocol's health endpoints (``/v2/health/*``) are in service/routes/health.py, beside the service's own
@@ -16,19 +17,23 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 
+from service.admission import Ticket
 from service.app_info import SERVER_NAME, VERSION
+from service.dataplane import Inputs
 from service.errors import ServiceError
 from service.oip import (
     EXTENSIONS,
     HEADER_LENGTH,
-    INPUT_DATATYPE,
-    INPUT_NAME,
-    OUTPUT_DATATYPE,
-    OUTPUT_NAME,
     PLATFORM,
+    PROTOCOL_INPUT,
+    PROTOCOL_INPUT_DATATYPE,
+    PROTOCOL_OUTPUT,
+    PROTOCOL_OUTPUT_DATATYPE,
+    InferRequest,
     encode_infer_response,
     parse_infer_request,
 )
+from service.pipeline import Pipeline
 from service.repository import ServedVersion
 from service.routes.deps import InferKey, RepositoryDep, StateDep
 from service.routes.health import not_ready
@@ -60,8 +65,8 @@ async def server_metadata() -> ServerMetadata:
 def _metadata(served: ServedVersion, versions: list[int]) -> V2ModelMetadata:
     return V2ModelMetadata(
         name=served.entry.name, versions=[str(v) for v in versions], platform=PLATFORM,
-        inputs=[TensorMetadata(name=INPUT_NAME, datatype=INPUT_DATATYPE, shape=[-1, 1])],
-        outputs=[TensorMetadata(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE,
+        inputs=[TensorMetadata(name=PROTOCOL_INPUT, datatype=PROTOCOL_INPUT_DATATYPE, shape=[-1, 1])],
+        outputs=[TensorMetadata(name=PROTOCOL_OUTPUT, datatype=PROTOCOL_OUTPUT_DATATYPE,
                                 shape=[-1, served.pipeline.num_classes])])
 
 
@@ -111,8 +116,8 @@ def _config(state: ServiceState, served: ServedVersion) -> dict[str, Any]:
         "backend": "onnxruntime",
         "version_policy": version_policy,
         "max_batch_size": state.settings.max_files_per_request,
-        "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1]}],
-        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [served.pipeline.num_classes]}],
+        "input": [{"name": PROTOCOL_INPUT, "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1]}],
+        "output": [{"name": PROTOCOL_OUTPUT, "data_type": "TYPE_FP32", "dims": [served.pipeline.num_classes]}],
         "parameters": {"crops": {"string_value": pre.crops}, "resize_size": {"string_value": str(pre.resize_size)},
                        "crop_size": {"string_value": str(pre.crop_size)}},
     }
@@ -136,9 +141,9 @@ _INFER_DOC = {
         "content": {
             "application/json": {
                 "schema": InferRequestBody.model_json_schema(ref_template="#/components/schemas/{model}"),
-                "example": {"inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [1],
+                "example": {"inputs": [{"name": PROTOCOL_INPUT, "datatype": "BYTES", "shape": [1],
                                         "data": ["<base64 of a JPEG file>"]}],
-                            "outputs": [{"name": OUTPUT_NAME, "parameters": {"classification": 5}}],
+                            "outputs": [{"name": PROTOCOL_OUTPUT, "parameters": {"classification": 5}}],
                             "parameters": {"crops": "ten"}},
             },
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
@@ -151,25 +156,25 @@ _INFER_DOC = {
 
 async def _infer(request: Request, state: ServiceState, model: str, version: int | None) -> Response:
     settings = state.settings
-    with state.admission.ticket(declared_length(request, state.upload_limits)) as ticket:
-        async with state.repository.lease(model, version) as served:
-            pipeline = served.pipeline
-            body = await read_body(request, state.upload_limits, ticket)
-            parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
-                                         max_images=settings.max_files_per_request,
-                                         max_image_bytes=settings.max_file_bytes, num_classes=pipeline.num_classes)
-            del body  # the images are their own copies now
-            ticket.charge_images(len(parsed.images))
-            scheme = parsed.crops or pipeline.preprocessing.crops
-            result = await pipeline(parsed.images, schemes=(scheme,), top_k=1)
-    bad = result.first_error()
-    if bad is not None:
-        raise ServiceError(f"inputs[0] element {bad.position}: {bad.error}", status=bad.error.status,
-                           reason=bad.error.reason)
-    probabilities = np.stack([image.schemes[scheme].probabilities for image in result.images])
+    parsed: InferRequest | None = None
+
+    async def read(_pipeline: Pipeline, ticket: Ticket) -> Inputs:
+        nonlocal parsed
+        body = await read_body(request, state.upload_limits, ticket)
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
+                                     max_images=settings.max_files_per_request, max_image_bytes=settings.max_file_bytes)
+        top_k, field = parsed.classification
+        return Inputs(parsed.images, [f"inputs[0] element {i}" for i in range(len(parsed.images))],
+                      crops=parsed.crops, top_k=top_k, top_k_field=field)
+
+    answer = await state.dataplane.infer(model, version, declared_length(request, state.upload_limits), read)
+    assert parsed is not None
+    images = answer.result.images
+    scheme = answer.scheme
+    probabilities = np.stack([image.schemes[scheme].probabilities for image in images])
     content, headers = encode_infer_response(
-        parsed, model_name=result.name, model_version=result.version, probabilities=probabilities,
-        labels=[label.name for label in pipeline.labels], parameters={"crops": scheme})
+        parsed, model_name=answer.result.name, model_version=answer.result.version, probabilities=probabilities,
+        top=[image.schemes[scheme].top for image in images], parameters={"crops": scheme})
     return Response(content, headers=headers)
 
 
