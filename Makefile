@@ -43,10 +43,10 @@ container-smoke: $(STAMP)
 
 # API replicas behind the balancer, for real (needs docker + compose; docs/deploy.md); e.g. REPLICAS_ARGS="--model-store model_store"
 replicas-kill-test: $(STAMP)
-	$(BIN)/python scripts/replicas.py kill-test $(REPLICAS_ARGS)
+	$(BIN)/python -m bench.replicas kill-test $(REPLICAS_ARGS)
 
 replicas-bench: $(STAMP)
-	$(BIN)/python scripts/replicas.py bench $(REPLICAS_ARGS)
+	$(BIN)/python -m bench.replicas bench $(REPLICAS_ARGS)
 
 # The service against its ceiling, the naive baseline and its int8 variant, the v2 path and a rollover, in one run
 # (docs/benchmark.md); e.g. BENCH_ARGS="--quick"
@@ -57,4 +57,4 @@ bench: $(STAMP)
 # (docs/experiment.md); e.g. ARCH=d2l-alexnet,alexnet:paper:15 EXPERIMENT_ARGS="--subset 2000 --epochs 1"
 ARCH ?= d2l-alexnet,alexnet
 experiment: $(STAMP)
-	$(BIN)/python -m training.experiment --arch $(ARCH) $(EXPERIMENT_ARGS)
+	$(BIN)/python -m bench.experiment --arch $(ARCH) $(EXPERIMENT_ARGS)

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
 from alexnet_store.vocabulary import IMAGENET_MEAN, IMAGENET_STD, placeholder_label_names
-from training.network import AlexNet, build_alexnet
+from training.alexnet import AlexNet, build_alexnet
 
 
 def load_model(checkpoint: str | None = None, num_classes: int = 1000, seed: int = 0,

@@ -51,8 +51,8 @@ def build_models(workdir: Path, num_classes: int = 1000, seed: int = 0, int8: bo
 
     from alexnet_store import Label, Preprocessing
     from alexnet_store.vocabulary import IMAGENET_MEAN, IMAGENET_STD, placeholder_label_names
+    from training.alexnet import LocalResponseNorm, build_alexnet
     from training.export import export_onnx, export_to_store
-    from training.network import LocalResponseNorm, build_alexnet
 
     torch.manual_seed(seed)
     model = build_alexnet(num_classes, init="kaiming").eval()  # He init: activations neither vanish nor blow up

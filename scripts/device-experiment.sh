@@ -24,7 +24,7 @@ BUDGET=${BUDGET:-560}
 START_BY=${START_BY:-360}
 EVAL_LIMIT=${EVAL_LIMIT:-2000}
 BENCH=${BENCH:-off}  # auto: serve and benchmark each version when .whl/ brought the web stack (ORT on the CPU here)
-EXTRA=${EXTRA:-}     # more training.experiment options, e.g. EXTRA="--subset 2000 --epochs 1" for a dry run
+EXTRA=${EXTRA:-}     # more bench.experiment options, e.g. EXTRA="--subset 2000 --epochs 1" for a dry run
 mkdir -p "$OUT"
 
 collect() {
@@ -73,7 +73,7 @@ cat "$OUT/environment.txt"
 
 rm -rf "$WORK"
 timeout --signal=TERM --kill-after=20 "$BUDGET" \
-  python3 -m training.experiment --arch "$RUNS" --data "fashion-mnist:$DATA" --output "$WORK" \
+  python3 -m bench.experiment --arch "$RUNS" --data "fashion-mnist:$DATA" --output "$WORK" \
     --eval-limit "$EVAL_LIMIT" --time-budget "$START_BY" --bench "$BENCH" --no-progress $EXTRA 2>&1 \
   | tee "$OUT/experiment.log"
 status=${PIPESTATUS[0]}
@@ -81,5 +81,5 @@ if [ "$status" = 124 ]; then  # our own budget, not the call's limit: what finis
   echo "device-experiment: stopped at BUDGET=$BUDGET s; report.md holds every network that finished before"
   exit 0
 fi
-echo "device-experiment: training.experiment exited with $status"
+echo "device-experiment: bench.experiment exited with $status"
 exit "$status"

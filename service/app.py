@@ -1,9 +1,9 @@
 """The FastAPI app factory: `create_app(settings)`.
 
 Layout (FastAPI's "Bigger applications" and its full-stack template): routers in `service/routes/`, gathered
-in `service.routes.ROUTERS`; one state object per app in ``app.state.service`` (`service.state.ServiceState`,
+in `service.routes.ROUTERS`; one state object per app in ``app.state.service`` (`service.app_state.ServiceState`,
 reached through the `StateDep` dependency); errors in `service/errors.py`, turned into JSON by
-`service/handlers.py`; metrics in `service/metrics.py`. The model repository loads the models in the lifespan,
+`service/error_handlers.py`; metrics in `service/metrics.py`. The model repository loads the models in the lifespan,
 in the background: the server answers health checks while it loads, and ``/health/ready`` turns 200 only
 after every model it serves has a warmed-up version.
 
@@ -20,13 +20,13 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
-from service.app_info import VERSION
-from service.handlers import install_error_handlers
+from service.app_state import RunnerFactory, ServiceState
+from service.error_handlers import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.pipeline import ModelLoader
 from service.routes import ROUTERS
+from service.server_info import VERSION
 from service.settings import Settings
-from service.state import RunnerFactory, ServiceState
 
 log = logging.getLogger(__name__)
 

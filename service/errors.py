@@ -2,7 +2,7 @@
 
 Plain Python (no FastAPI), so the parts that run without the web stack — the pipeline, the runners, the
 repository and `alexnet-eval`'s in-process backend — raise the same errors the routes answer with.
-`service/handlers.py` turns them into JSON: ``{"detail": ...}`` on the service's own routes, ``{"error": ...}``
+`service/error_handlers.py` turns them into JSON: ``{"detail": ...}`` on the service's own routes, ``{"error": ...}``
 on the Open Inference Protocol's (``/v2``).
 
 - `ServiceError` and its subclasses: raised by the service's own code with a status and a readable detail.

@@ -68,7 +68,7 @@ class SchemeResult:
 
 
 @dataclass(frozen=True)
-class ImageResult:
+class ClassifiedImage:
     """One image: its results per scheme, or the `error` that kept it from the model."""
 
     position: int  # in the request
@@ -90,12 +90,12 @@ class PipelineResult:
     name: str
     version: int
     provider: str
-    images: list[ImageResult]  # in request order
+    images: list[ClassifiedImage]  # in request order
     preprocess_seconds: float
     inference_seconds: float  # waiting for and running the model
     postprocess_seconds: float
 
-    def first_error(self) -> ImageResult | None:
+    def first_error(self) -> ClassifiedImage | None:
         return next((image for image in self.images if not image.ok), None)
 
 
@@ -193,9 +193,9 @@ class Pipeline:
         results = []
         for position, (item, seconds) in enumerate(prepared):
             if isinstance(item, ImageError):
-                results.append(ImageResult(position, seconds, error=item))
+                results.append(ClassifiedImage(position, seconds, error=item))
             else:
-                results.append(ImageResult(position, seconds, item.format, item.width, item.height,
+                results.append(ClassifiedImage(position, seconds, item.format, item.width, item.height,
                                            schemes=by_image.get(position), square=item.square))
         done = time.perf_counter()
         if self.metrics is not None:

@@ -47,8 +47,8 @@ from service.errors import NotFound, NotReady, ServiceUnavailable, Unprocessable
 from service.metrics import Metrics
 from service.model import ClassifierModel
 from service.pipeline import Pipeline, PipelineFactory
-from service.policy import Policies
 from service.runner import InferenceRunner, run_to_completion
+from service.version_policy import Policies
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Routes never call the model directly: they lease a loaded version from the repository
 (``app.state.service.repository``, `service.repository.ModelRepository.lease`), whose `service.pipeline.Pipeline`
-calls that version's `InferenceRunner` (``ServedVersion.runner``), made by `service.state.default_runner`:
+calls that version's `InferenceRunner` (``ServedVersion.runner``), made by `service.app_state.default_runner`:
 
 - `service.batching.BatchingRunner` (the default): dynamic batching across requests — the patches of
   concurrent requests go through the model together, up to a maximum batch and a maximum queue delay;

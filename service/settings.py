@@ -30,7 +30,7 @@ from pydantic_settings import (
 )
 
 from alexnet_store.store import StoreError, validate_name
-from service.policy import Policies, VersionPolicy
+from service.version_policy import Policies, VersionPolicy
 
 if TYPE_CHECKING:
     from service.pipeline import PipelineConfig

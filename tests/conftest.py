@@ -84,8 +84,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     from alexnet_store import Label, ModelStore, Preprocessing
+    from training.alexnet import build_alexnet
     from training.export import export_to_store
-    from training.network import build_alexnet
 
     torch.manual_seed(1234)
     model = build_alexnet(10, init="kaiming").eval()

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.naive_baseline import build_transforms, create_app
-from training.network import build_alexnet
+from training.alexnet import build_alexnet
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, ten_crop_transform
 
 

@@ -10,7 +10,7 @@
 - the real service (`alexnet-serve`) answers every path the manifests and the balancer probe, and
   scripts/kserve-smoke.py runs against it once it speaks the Open Inference Protocol.
 
-scripts/replicas.py runs the compose replicas for real (Docker; not in CI): docs/deploy.md.
+bench/replicas.py runs the compose replicas for real (Docker; not in CI): docs/deploy.md.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ import pytest
 from helpers import start_server, stop_server
 
 from alexnet_store import Label
-from service import evaluate as cli
-from service.evaluate import run_evaluation
+from service.evaluation import cli
 from service.evaluation.backends import BackendError, HttpBackend, InProcessBackend, TopK
+from service.evaluation.cli import run_evaluation
 from service.evaluation.data import EvalDataError, Sample, load_eval_set
 
 N_IMAGES = 12
@@ -253,7 +253,8 @@ def test_limit_spreads_over_classes(reference):
 
 # -- HTTP backend -------------------------------------------------------------------------------------------
 MODELS_BODY = {"models": [{"name": "mock", "version": 3, "state": "READY", "ready": True, "default": True,
-                           "provider": "CPUExecutionProvider",
+                           "provider": "CPUExecutionProvider", "requested_providers": ["CPUExecutionProvider"],
+                           "available_providers": ["CPUExecutionProvider"], "path": "mock/3",
                            "metadata": {"precision": "fp32",
                                         "labels": [{"id": f"c{i}", "name": f"class {i}"} for i in range(6)]}}]}
 
@@ -286,9 +287,12 @@ def _answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(400, json={"detail": f"{bad}: corrupt or truncated image"})
     k = int(request.url.params["top_k"])
     return httpx.Response(200, json={"model": {"name": "mock", "version": 3}, "crops": request.url.params["crops"],
-                                     "results": [{"filename": n, "predictions": [
-                                         {"index": (len(n) + j) % 6, "label": "x", "probability": 0.5 / (j + 1)}
-                                         for j in range(k)]} for n in names]})
+                                     "top_k": k, "provider": "CPUExecutionProvider",
+                                     "timing": {"read_ms": 1, "preprocess_ms": 1, "inference_ms": 1, "total_ms": 3},
+                                     "results": [{"filename": n, "image": {"format": "JPEG", "width": 9, "height": 9},
+                                                  "preprocess_ms": 1, "predictions": [
+                                         {"index": (len(n) + j) % 6, "label": "x", "id": "x",
+                                          "probability": 0.5 / (j + 1)} for j in range(k)]} for n in names]})
 
 
 def test_http_backend_retries_503_and_connection_errors(tmp_path):

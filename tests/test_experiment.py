@@ -1,4 +1,4 @@
-"""`python -m training.experiment`: the whole Fashion-MNIST experiment on a CPU subset, and its argument errors."""
+"""`python -m bench.experiment`: the whole Fashion-MNIST experiment on a CPU subset, and its argument errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from helpers import python_without
 
 from alexnet_store import ModelStore
-from training import experiment
+from bench import experiment
 
 GPU_MACHINE_LACKS = ["fastapi", "uvicorn", "pydantic", "pydantic_settings", "starlette", "python_multipart",
                      "multipart", "sklearn", "matplotlib"]
@@ -94,7 +94,7 @@ def test_train_export_evaluate_need_no_web_stack(fashion_mnist_root: Path, tmp_p
     out = tmp_path / "exp"
     argv = ["--arch", "nin", "--data", f"fashion-mnist:{fashion_mnist_root}", "--subset", "20", "--epochs", "1",
             "--max-steps-per-epoch", "1", "--output", str(out), "--no-progress"]
-    code = f"from training import experiment; raise SystemExit(experiment.main({argv!r}))"
+    code = f"from bench import experiment; raise SystemExit(experiment.main({argv!r}))"
     done = python_without(GPU_MACHINE_LACKS, code)
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads((out / "report.json").read_text())["runs"]

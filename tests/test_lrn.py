@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.network import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, LocalResponseNorm
+from training.alexnet import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, LocalResponseNorm
 
 RTOL = 2e-5  # float32 against a float64 reference
 

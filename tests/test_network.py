@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.network import (
+from training.alexnet import (
     ALEXNET_INIT_SCHEMES,
     INPUT_SIZE,
     AlexNet,

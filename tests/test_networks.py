@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.network import AlexNet
-from training.networks import (
+from training.alexnet import AlexNet
+from training.architectures import (
     ARCHITECTURES,
     ArchError,
     DenseBlock,

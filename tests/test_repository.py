@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from helpers import SKLEARN_IMAGES, clone_version
 
+from service.app_state import ServiceState
 from service.metrics import Metrics
-from service.policy import Policies, VersionPolicy
 from service.repository import ModelRepository
 from service.settings import Settings
-from service.state import ServiceState
+from service.version_policy import Policies, VersionPolicy
 
 PHOTO = (SKLEARN_IMAGES / "china.jpg").read_bytes()
 

@@ -12,8 +12,8 @@ from helpers import start_server, stop_server
 from pydantic_settings import SettingsError
 
 from service.cli import build_parser, check_store, load_settings, main
-from service.policy import VersionPolicy
 from service.settings import Settings
+from service.version_policy import VersionPolicy
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from alexnet_store import Label, Preprocessing, TrainingSummary
 from alexnet_store.metadata import ColourLighting
-from training.networks import model_from_config
+from training.architectures import model_from_config
 from training.presets import NO_LIGHTING, imagenet_lighting
 
 CHECKPOINT_FORMAT = 1

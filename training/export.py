@@ -33,8 +33,8 @@ from alexnet_store import (
 from alexnet_store.metadata import Architecture
 from alexnet_store.store import sha256_of
 from alexnet_store.vocabulary import IMAGE_SUFFIXES
-from training.network import INPUT_SIZE
-from training.networks import describe, input_shape
+from training.alexnet import INPUT_SIZE
+from training.architectures import describe, input_shape
 from training.presets import ten_crop_transform
 
 DEFAULT_OPSET = 18

@@ -16,6 +16,7 @@ from torch import nn
 
 from alexnet_store import Label, ModelStore, Preprocessing, StoreError, TrainingSummary
 from alexnet_store.vocabulary import placeholder_label_names
+from training.architectures import ARCHITECTURES, INIT_SCHEMES, ArchError, arch_spec, build_model, initialize
 from training.checkpoint import (
     CheckpointError,
     labels_from_checkpoint,
@@ -26,7 +27,6 @@ from training.checkpoint import (
 )
 from training.export import DEFAULT_OPSET, PARITY_TOLERANCE, ExportError, export_to_store, parity_images
 from training.labels import LabelsError, name_classes, read_label_file
-from training.networks import ARCHITECTURES, INIT_SCHEMES, ArchError, arch_spec, build_model, initialize
 from training.presets import crop_scheme, imagenet_mean_std
 from training.quantize import QuantizeError, add_int8_arguments, default_calibration_dir, export_int8
 from training.recipes import RECIPES, recipe_for

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from training.networks import arch_spec
+from training.architectures import arch_spec
 
 RECIPES = ("paper", "d2l")
 BOOK_SOURCE = "d2l-ai/d2l-pytorch-colab@0009bbc (d2l 0.16.4), chapter_convolutional-modern/{notebook}.ipynb"

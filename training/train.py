@@ -11,7 +11,7 @@ GPUs or machines through ``torchrun`` (DDP: nccl on CUDA, gloo on CPU), e.g.::
 Every epoch writes ``last.pt`` (and ``best.pt`` by validation top-1) and appends a line to
 ``metrics.jsonl`` and ``metrics.csv`` in ``--output``; ``--resume DIR/last.pt`` continues exactly.
 
-Other networks and the d2l book's recipe (training/networks.py, training/recipes.py), e.g. the book's AlexNet
+Other networks and the d2l book's recipe (training/architectures.py, training/recipes.py), e.g. the book's AlexNet
 experiment on Fashion-MNIST read from its IDX files and kept on the device (training/device_data.py)::
 
     alexnet-train --data fashion-mnist:/usr/share/datasets/fashion-mnist --arch d2l-alexnet --recipe d2l
@@ -45,6 +45,16 @@ from tqdm import tqdm
 from alexnet_store import Preprocessing, TrainingSummary
 from alexnet_store.metadata import ColourLighting
 from training import fashion_mnist, recipes
+from training.architectures import (
+    ARCHITECTURES,
+    INIT_SCHEMES,
+    ArchError,
+    arch_spec,
+    build_model,
+    count_parameters,
+    initialize,
+    normalise_model_config,
+)
 from training.checkpoint import (
     CheckpointError,
     lighting_from_checkpoint,
@@ -67,16 +77,6 @@ from training.data import (
 from training.device_data import mean_std as memory_mean_std
 from training.device_data import memory_loaders
 from training.labels import LabelsError, labels_for_classes
-from training.networks import (
-    ARCHITECTURES,
-    INIT_SCHEMES,
-    ArchError,
-    arch_spec,
-    build_model,
-    count_parameters,
-    initialize,
-    normalise_model_config,
-)
 from training.presets import INTERPOLATION, NO_LIGHTING, crop_scheme, imagenet_lighting, imagenet_mean_std
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
@@ -529,7 +529,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def model_config(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
-    """What the checkpoint records to rebuild the network (`training.networks.model_from_config`)."""
+    """What the checkpoint records to rebuild the network (`training.architectures.model_from_config`)."""
     spec = arch_spec(args.arch)
     options = {"grouped": not args.no_grouping, "dropout": args.dropout, "width_divisor": args.width_divisor}
     return normalise_model_config({"arch": args.arch, "num_classes": num_classes, "in_channels": spec.in_channels,

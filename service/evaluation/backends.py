@@ -1,6 +1,6 @@
 """Where `alexnet-eval` gets its predictions: ONNX Runtime in this process, or a running service over HTTP.
 
-Both backends produce the same `ImageResult` per image (the top-k class indices and probabilities for each
+Both backends produce the same `EvaluatedImage` per image (the top-k class indices and probabilities for each
 crop scheme, or the reason the image could not be used), so the metrics code never knows which one ran.
 
 - `InProcessBackend` runs the service's own `Pipeline` (service/pipeline.py: decode, patches, dynamic batching,
@@ -44,7 +44,7 @@ class TopK:
 
 
 @dataclass(frozen=True)
-class ImageResult:
+class EvaluatedImage:
     """What a backend returns for one sample: `topk` per crop scheme, or `error` (then `topk` is empty)."""
 
     position: int  # the sample's index in the evaluated list
@@ -67,7 +67,7 @@ class ModelInfo:
     labels: tuple[Label, ...]
 
 
-ResultCallback = Callable[[ImageResult], None]
+ResultCallback = Callable[[EvaluatedImage], None]
 
 
 class Backend(Protocol):
@@ -154,20 +154,20 @@ class InProcessBackend:
         runner = pipeline.runner
         queue = iter(enumerate(samples))
 
-        async def one(position: int, sample: Sample) -> ImageResult:
+        async def one(position: int, sample: Sample) -> EvaluatedImage:
             try:
                 data = await anyio.to_thread.run_sync(sample.path.read_bytes)
             except OSError as exc:
-                return ImageResult(position, sample.path, sample.target, error=f"cannot read the file: "
+                return EvaluatedImage(position, sample.path, sample.target, error=f"cannot read the file: "
                                                                                f"{exc.strerror or exc}")
             try:
                 result = await pipeline([data], schemes=schemes, top_k=TOP_K, all_or_nothing=False)
             except Exception as exc:  # one odd file must not end a run over thousands: report it with the rest
-                return ImageResult(position, sample.path, sample.target, error=f"{type(exc).__name__}: {exc}")
+                return EvaluatedImage(position, sample.path, sample.target, error=f"{type(exc).__name__}: {exc}")
             image = result.images[0]
             if image.error is not None:
-                return ImageResult(position, sample.path, sample.target, error=str(image.error))
-            return ImageResult(position, sample.path, sample.target, {
+                return EvaluatedImage(position, sample.path, sample.target, error=str(image.error))
+            return EvaluatedImage(position, sample.path, sample.target, {
                 s: TopK(tuple(p.index for p in r.top), tuple(p.probability for p in r.top))
                 for s, r in image.schemes.items()})
 
@@ -279,14 +279,14 @@ class HttpBackend:
             sample = samples[position]
             if error is not None:
                 done.add(position)
-                on_result(ImageResult(position, sample.path, sample.target, error=error))
+                on_result(EvaluatedImage(position, sample.path, sample.target, error=error))
                 return
             got = partial.setdefault(position, {})
             got[scheme] = topk
             if len(got) == len(schemes):
                 done.add(position)
                 del partial[position]
-                on_result(ImageResult(position, sample.path, sample.target, {s: got[s] for s in schemes}))
+                on_result(EvaluatedImage(position, sample.path, sample.target, {s: got[s] for s in schemes}))
 
         positions = list(range(len(samples)))
         jobs = iter([(positions[i:i + self.batch_size], scheme)
@@ -371,33 +371,47 @@ def _detail(response) -> str:
 
 
 def _parse_results(response, expected: int) -> list[TopK]:
-    """The API contract: ``{"results": [{"filename", "predictions": [{"index", "label", "probability"}]}]}``."""
+    """The API contract, read with the service's own response schema (service/schemas.py `PredictResponse`)."""
+    from pydantic import ValidationError
+
+    from service.schemas import PredictResponse
+
     try:
-        results = response.json()["results"]
-        parsed = [TopK(tuple(int(p["index"]) for p in r["predictions"]),
-                       tuple(float(p["probability"]) for p in r["predictions"])) for r in results]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BackendError(f"unexpected /predict response ({exc}): {response.text[:300]}") from exc
+        results = PredictResponse.model_validate_json(response.content).results
+    except ValidationError as exc:
+        raise BackendError(f"unexpected /predict response ({exc.error_count()} problem(s): "
+                           f"{exc.errors()[0]['msg']}): {response.text[:300]}") from exc
+    parsed = [TopK(tuple(p.index for p in r.predictions), tuple(p.probability for p in r.predictions))
+              for r in results]
     if len(parsed) != expected:
         raise BackendError(f"/predict returned {len(parsed)} results for {expected} files")
     return parsed
 
 
 def parse_model_info(body: Any) -> ModelInfo:
-    """`GET /v1/models` (the only model's default version) or `/v1/models/NAME[/versions/V]` → ModelInfo."""
-    if isinstance(body, dict) and isinstance(body.get("models"), list):
-        served = [m for m in body["models"] if isinstance(m, dict) and m.get("default")]
-        names = sorted({str(m.get("name")) for m in served})
-        if len(served) != 1:
-            raise BackendError("the service serves " + (f"several models ({', '.join(names)}): choose one with "
-                                                         "--model-name" if served else "no ready model"))
-        body = served[0]
-    if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
-        raise BackendError("GET /v1/models: the model has no metadata (is the version loaded?)")
-    metadata = body["metadata"]
+    """`GET /v1/models` (the only model's default version) or `/v1/models/NAME[/versions/V]` → ModelInfo, read with
+    the service's own schemas (service/schemas.py `ModelList`, `ServedModel`) and the store's metadata reader."""
+    from pydantic import ValidationError
+
+    from service.schemas import ModelList, ServedModel
+
     try:
-        labels = tuple(Label(id=str(lab["id"]), name=str(lab["name"])) for lab in metadata["labels"])
-        return ModelInfo(str(body["name"]), int(body["version"]), str(metadata.get("precision", "fp32")),
-                         str(body.get("provider") or "unknown"), labels)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BackendError(f"GET /v1/models: unexpected model description ({exc!r})") from exc
+        if isinstance(body, dict) and "models" in body:
+            served = [m for m in ModelList.model_validate(body).models if m.default]
+            names = sorted({m.name for m in served})
+            if len(served) != 1:
+                raise BackendError("the service serves " + (f"several models ({', '.join(names)}): choose one "
+                                                             "with --model-name" if served else "no ready model"))
+            model = served[0]
+        else:
+            model = ServedModel.model_validate(body)
+    except ValidationError as exc:
+        raise BackendError(f"GET /v1/models: unexpected model description ({exc.errors()[0]['msg']})") from exc
+    if model.metadata is None:
+        raise BackendError("GET /v1/models: the model has no metadata (is the version loaded?)")
+    try:  # the two fields an evaluation reads of the version's metadata.json
+        labels = tuple(Label(id=str(lab["id"]), name=str(lab["name"])) for lab in model.metadata["labels"])
+        precision = str(model.metadata.get("precision", "fp32"))
+    except (KeyError, TypeError) as exc:
+        raise BackendError(f"GET /v1/models: unexpected model metadata ({exc!r})") from exc
+    return ModelInfo(model.name, model.version, precision, model.provider or "unknown", labels)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_store import Label
-from service.evaluation.backends import ImageResult, ModelInfo
+from service.evaluation.backends import EvaluatedImage, ModelInfo
 
 
 class SchemeStats:
@@ -64,16 +64,16 @@ class SchemeStats:
 
 
 class Evaluation:
-    """Accumulates `ImageResult`s as they arrive (in any order) and builds the report at the end."""
+    """Accumulates `EvaluatedImage`s as they arrive (in any order) and builds the report at the end."""
 
     def __init__(self, labels: Sequence[Label], schemes: Sequence[str]) -> None:
         self.labels = list(labels)
         self.schemes = list(schemes)
         self.stats = {s: SchemeStats(len(self.labels)) for s in self.schemes}
         self.failed: list[tuple[str, str]] = []
-        self.results: list[ImageResult] = []
+        self.results: list[EvaluatedImage] = []
 
-    def add(self, result: ImageResult) -> None:
+    def add(self, result: EvaluatedImage) -> None:
         self.results.append(result)
         if not result.ok:
             self.failed.append((str(result.path), result.error or "unknown error"))

@@ -12,10 +12,10 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.app_state import ServiceState
 from service.auth import Scope
 from service.errors import Forbidden, Unauthorized
 from service.repository import ModelRepository
-from service.state import ServiceState
 
 
 def get_state(request: Request) -> ServiceState:

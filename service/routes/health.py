@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from service.app_state import ServiceState
 from service.errors import ServiceUnavailable
 from service.routes.deps import StateDep
 from service.schemas import ErrorBody, Live, Ready, ServedRef, V2Error, V2Live, V2Ready
-from service.state import ServiceState
 
 ERRORS: dict[int | str, dict[str, Any]] = {503: {"model": V2Error}}
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from service.app_state import ServiceState
 from service.repository import ModelRepository, VersionStatus
 from service.routes.deps import InferKey, StateDep
 from service.schemas import ErrorBody, ModelList, ServedModel
-from service.state import ServiceState
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[InferKey])
 

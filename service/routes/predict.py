@@ -74,7 +74,7 @@ def _predictions(top: tuple[pl.Prediction, ...]) -> list[Prediction]:
     return [Prediction(index=p.index, label=p.label, id=p.id, probability=p.probability) for p in top]
 
 
-def patch_details(pipeline: pl.Pipeline, image: pl.ImageResult, scheme: CropScheme, top_k: int,
+def patch_details(pipeline: pl.Pipeline, image: pl.ClassifiedImage, scheme: CropScheme, top_k: int,
                   square_jpeg: str | None) -> PatchDetails:
     """Each patch's own top-k, from the per-patch softmax rows of the run the average was taken over."""
     pre = pipeline.preprocessing

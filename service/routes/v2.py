@@ -3,7 +3,7 @@
 Each endpoint translates its wire format only: the health answers come from the same functions as ``/health/*``,
 the models from the repository, and ``infer`` goes through the same dataplane as ``POST /predict``
 (service/dataplane.py: the request's lifecycle and rules; service/oip.py parses and encodes the tensors).
-Errors are ``{"error": "..."}`` (service/handlers.py), with
+Errors are ``{"error": "..."}`` (service/error_handlers.py), with
 the status codes ``/predict`` uses (400, 404, 413, 415, 503 with Retry-After).
 
 The protocol's health endpoints (``/v2/health/*``) are in service/routes/health.py, beside the service's own
@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 
 from service.admission import Ticket
-from service.app_info import SERVER_NAME, VERSION
+from service.app_state import ServiceState
 from service.dataplane import Inputs
 from service.errors import ServiceError
 from service.oip import (
@@ -46,7 +46,7 @@ from service.schemas import (
     V2Error,
     V2ModelMetadata,
 )
-from service.state import ServiceState
+from service.server_info import SERVER_NAME, VERSION
 from service.uploads import declared_length, read_body
 
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[InferKey])

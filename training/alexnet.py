@@ -161,7 +161,7 @@ class AlexNet(nn.Module):
         }
 
 
-# The init schemes the paper's AlexNet defines for itself; training/networks.py adds the d2l book's xavier.
+# The init schemes the paper's AlexNet defines for itself; training/architectures.py adds the d2l book's xavier.
 ALEXNET_INIT_SCHEMES = ("paper", "caffe", "kaiming")
 
 

@@ -8,7 +8,7 @@ book's 1-channel Fashion-MNIST images (the service gives them the luma of an RGB
 and is a ``nn.Sequential`` of the book's top-level layers, so ``for layer in net: X = layer(X)`` prints the
 book's shape tables (tests/test_networks.py compares them line by line).
 
-- ``alexnet``: the paper's network, unchanged (training/network.py): 3 input channels, LRN, conv2/4/5 grouped.
+- ``alexnet``: the paper's network, unchanged (training/alexnet.py): 3 input channels, LRN, conv2/4/5 grouped.
 - ``d2l-alexnet``: the book's variant: 1 input channel, conv1 padded by 1 (54×54 maps), no LRN, no groups,
   96-256-384-384-256 convolutions, 6400-4096-4096-10 classifier (46,764,746 parameters).
 - ``vgg11``: VGG-11, conv_arch ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)); the book *trains* it with every
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.network import ALEXNET_INIT_SCHEMES, AlexNet, count_parameters
+from training.alexnet import ALEXNET_INIT_SCHEMES, AlexNet, count_parameters
 
 
 # -- the book's networks ----------------------------------------------------------------------------------------
