@@ -86,9 +86,11 @@ def sample_jpegs(count: int = 8, shared: Path | None = SHARED_SAMPLES) -> list[b
 def patches(version: ModelVersion, batch: int, jpegs: Sequence[bytes]) -> np.ndarray:
     """uint8 [batch, crop, crop, 3]: the ten crops of real photographs (service/preprocess.py), tiled to `batch`."""
     from service.preprocess import image_to_crops
+    from service.settings import Settings
 
     pre = version.metadata.preprocessing
-    crops = np.concatenate([image_to_crops(j, "ten", pre.resize_size, pre.crop_size, interpolation=pre.interpolation)
+    limits = Settings.model_construct().pipeline_config().limits  # the service's
+    crops = np.concatenate([image_to_crops(j, "ten", pre.resize_size, pre.crop_size, limits, pre.interpolation)
                             for j in jpegs])
     reps = -(-batch // len(crops))
     return np.ascontiguousarray(np.concatenate([crops] * reps)[:batch])

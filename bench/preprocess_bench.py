@@ -15,9 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from alexnet_store.vocabulary import CROP_SIZE, RESIZE_SIZE
 from bench.report import interleave
 
-RESIZE, CROP = 256, 224
+
+def service_limits(*, draft: bool):
+    """The service's decode limits (its Settings' defaults), with JPEG draft decoding on or off."""
+    import dataclasses
+
+    from service.settings import Settings
+
+    return dataclasses.replace(Settings.model_construct().pipeline_config().limits, draft=draft)
+
+RESIZE, CROP = RESIZE_SIZE, CROP_SIZE
 
 
 def make_photo_jpeg(width: int = 4000, height: int = 3000, quality: int = 90, seed: int = 0) -> bytes:
@@ -47,21 +57,21 @@ class DraftResult:
 
 def squares(data: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """The 256×256 square from a draft decode and from a full decode, and the draft decode's size."""
-    from service.preprocess import DecodeLimits, decode_image, resize_square
+    from service.preprocess import decode_image, resize_square
 
-    draft = decode_image(data, RESIZE, DecodeLimits(draft=True))
-    full = decode_image(data, RESIZE, DecodeLimits(draft=False))
+    draft = decode_image(data, RESIZE, service_limits(draft=True))
+    full = decode_image(data, RESIZE, service_limits(draft=False))
     return resize_square(draft, RESIZE), resize_square(full, RESIZE), draft.size
 
 
 def measure_draft(data: bytes | None = None, rounds: int = 7) -> DraftResult:
-    from service.preprocess import DecodeLimits, image_to_crops
+    from service.preprocess import image_to_crops
 
     data = data or make_photo_jpeg()
     with Image.open(io.BytesIO(data)) as img:
         megapixels = img.size[0] * img.size[1] / 1e6
-    limits = {"full": DecodeLimits(draft=False), "draft": DecodeLimits(draft=True)}
-    samples = interleave({k: (lambda lim=lim: image_to_crops(data, "ten", RESIZE, CROP, lim))
+    limits = {"full": service_limits(draft=False), "draft": service_limits(draft=True)}
+    samples = interleave({k: (lambda lim=lim: image_to_crops(data, "ten", RESIZE, CROP, lim, "bilinear"))
                           for k, lim in limits.items()}, rounds=rounds)
     a, b, size = squares(data)
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))

@@ -63,8 +63,8 @@ class _Chunk:
 class BatchingRunner(InferenceRunner):
     """Gathers the patches of concurrent requests into runs of at most `max_batch` patches (see module doc)."""
 
-    def __init__(self, model: ClassifierModel, metrics: Metrics, *, max_batch: int = 80, max_delay: float = 0.0,
-                 max_queued: int = 64, concurrency: int = 1, retry_after: int = 1) -> None:
+    def __init__(self, model: ClassifierModel, metrics: Metrics, *, max_batch: int, max_delay: float, max_queued: int,
+                 concurrency: int, retry_after: int) -> None:
         if max_batch < 1 or concurrency < 1 or max_delay < 0 or max_queued < 0:
             raise ValueError("max_batch and concurrency must be >= 1, max_delay and max_queued >= 0")
         self.model = model

@@ -75,15 +75,15 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    max_pixels: int = 50_000_000  # a 12 MP photo is 12 M; anything far larger is a decompression bomb
-    draft: bool = True  # let the JPEG decoder downscale by 1/2, 1/4, 1/8 when the result stays >= min side
+    """What a decode may cost; the values come from `Settings` (ALEXNET_MAX_PIXELS, ALEXNET_JPEG_DRAFT)."""
+
+    max_pixels: int  # a 12 MP photo is 12 M; anything far larger is a decompression bomb
+    draft: bool  # let the JPEG decoder downscale by 1/2, 1/4, 1/8 when the result stays >= min side
     draft_min_side: int | None = None  # default: the model's resize size
 
 
-DEFAULT_LIMITS = DecodeLimits()
 
-
-def decode_image(data: bytes, resize_size: int, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
+def decode_image(data: bytes, resize_size: int, limits: DecodeLimits) -> Image.Image:
     """Bytes → RGB Pillow image, oriented by EXIF, decoded no larger than the resize needs (JPEG draft)."""
     return _decode(data, resize_size, limits)[0]
 
@@ -290,7 +290,7 @@ def crop_patches(square: np.ndarray, crop: int, scheme: CropScheme) -> np.ndarra
 
 
 def image_to_crops(data: bytes, scheme: CropScheme, resize_size: int, crop_size: int,
-                   limits: DecodeLimits = DEFAULT_LIMITS, interpolation: str = "bilinear") -> np.ndarray:
+                   limits: DecodeLimits, interpolation: str) -> np.ndarray:
     """Uploaded bytes → uint8 patches [n, crop, crop, 3] (n = 10 or 1), ready for the serving graph."""
     square = resize_square(decode_image(data, resize_size, limits), resize_size, interpolation)
     return crop_patches(square, crop_size, scheme)
@@ -308,7 +308,7 @@ class PreparedImage:
 
 
 def prepare_image(data: bytes, schemes: Sequence[CropScheme], resize_size: int, crop_size: int,
-                  limits: DecodeLimits = DEFAULT_LIMITS, interpolation: str = "bilinear") -> PreparedImage:
+                  limits: DecodeLimits, interpolation: str) -> PreparedImage:
     """Decode and resize once, cut the patches of every scheme asked for, and keep the file's format and size."""
     img, fmt, (width, height) = _decode(data, resize_size, limits)
     square = resize_square(img, resize_size, interpolation)

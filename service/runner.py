@@ -71,8 +71,8 @@ class InferenceRunner(abc.ABC):
 class ThreadRunner(InferenceRunner):
     """One model run per call, in a worker thread, `concurrency` at a time, `max_queued` waiting (0: unbounded)."""
 
-    def __init__(self, model: ClassifierModel, metrics: Metrics, *, concurrency: int = 1, max_queued: int = 64,
-                 retry_after: int = 1) -> None:
+    def __init__(self, model: ClassifierModel, metrics: Metrics, *, concurrency: int, max_queued: int,
+                 retry_after: int) -> None:
         self.model = model
         self.metrics = metrics
         self.concurrency = concurrency

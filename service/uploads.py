@@ -32,9 +32,11 @@ MAX_FILENAME = 255
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_file_bytes: int = 20 * 1024 * 1024
-    max_request_bytes: int = 100 * 1024 * 1024
-    max_files: int = 32
+    """From `Settings` (ALEXNET_MAX_FILE_BYTES, ALEXNET_MAX_REQUEST_BYTES, ALEXNET_MAX_FILES_PER_REQUEST)."""
+
+    max_file_bytes: int
+    max_request_bytes: int
+    max_files: int
 
 
 @dataclass

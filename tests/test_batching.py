@@ -71,7 +71,8 @@ def test_rows_go_back_to_their_request_and_max_batch_holds(loaded_model):
     metrics = Metrics()
 
     async def scenario():
-        runner = await started(BatchingRunner(recorder, metrics, max_batch=16, max_delay=0.2, max_queued=0))
+        runner = await started(BatchingRunner(recorder, metrics, max_batch=16, max_delay=0.2, max_queued=0,
+                                              concurrency=1, retry_after=1))
         try:
             return await asyncio.gather(*(runner.infer(x) for x in inputs))
         finally:
@@ -94,7 +95,8 @@ def test_max_delay_flushes_a_lone_request(loaded_model):
     metrics = Metrics()
 
     async def scenario():
-        runner = await started(BatchingRunner(recorder, metrics, max_batch=1000, max_delay=0.05))
+        runner = await started(BatchingRunner(recorder, metrics, max_batch=1000, max_delay=0.05, max_queued=0,
+                                              concurrency=1, retry_after=1))
         try:
             return await asyncio.wait_for(runner.infer(x), 30)
         finally:
@@ -113,7 +115,7 @@ def test_full_queue_overloads_then_recovers_and_cancelled_requests_are_skipped(l
 
     async def scenario():
         runner = await started(BatchingRunner(recorder, Metrics(), max_batch=4, max_delay=0, max_queued=2,
-                                              retry_after=7))
+                                              concurrency=1, retry_after=7))
         try:
             running = asyncio.create_task(runner.infer(xs[0]))
             while not recorder.entered.is_set():  # the first run holds the only slot
@@ -146,7 +148,8 @@ def test_shutdown_fails_queued_requests_and_finishes_the_running_batch(loaded_mo
     xs = [random_patches(1, seed) for seed in range(3)]
 
     async def scenario():
-        runner = await started(BatchingRunner(recorder, Metrics(), max_batch=1, max_delay=0))
+        runner = await started(BatchingRunner(recorder, Metrics(), max_batch=1, max_delay=0, max_queued=0,
+                                              concurrency=1, retry_after=1))
         running = asyncio.create_task(runner.infer(xs[0]))
         while not recorder.entered.is_set():
             await asyncio.sleep(0.01)
@@ -222,7 +225,7 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
                             max_batch_delay_ms=0)
     app = create_app(settings, loader=reuse(loaded_model),
                      runner_factory=lambda m, metrics, s: BatchingRunner(recorder, metrics, max_batch=10, max_delay=0,
-                                                                         max_queued=1, retry_after=4))
+                                                                         max_queued=1, retry_after=4, concurrency=1))
     data = jpeg(320, 240, 0)
     with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
         wait_ready(c)
@@ -256,7 +259,8 @@ def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(loaded_mod
     big, small = random_patches(5, 1), random_patches(1, 2)
 
     async def scenario():
-        runner = await started(BatchingRunner(recorder, Metrics(), max_batch=2, max_delay=0))
+        runner = await started(BatchingRunner(recorder, Metrics(), max_batch=2, max_delay=0, max_queued=0,
+                                              concurrency=1, retry_after=1))
         try:
             with pytest.raises(RuntimeError, match="out of memory"):  # chunks [2, 2, 1]; the second run fails
                 await runner.infer(big)

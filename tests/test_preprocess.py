@@ -14,7 +14,6 @@ from PIL import Image
 
 from service.preprocess import (
     ALLOWED_FORMATS,
-    DEFAULT_LIMITS,
     DecodeLimits,
     ImageError,
     crop_patches,
@@ -26,6 +25,9 @@ from service.preprocess import (
 )
 
 SKLEARN_IMAGES = Path(__import__("sklearn").__file__).parent / "datasets" / "images"
+
+# The service's own defaults (docs/api.md): a 50-megapixel bound, JPEG draft decoding on.
+LIMITS = DecodeLimits(max_pixels=50_000_000, draft=True)
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -53,7 +55,7 @@ def as_array(img: Image.Image) -> np.ndarray:
 def test_formats_decode_to_rgb(fmt, tolerance):
     src = gradient()
     kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    img = decode_image(encode(src, fmt, **kwargs), 256)
+    img = decode_image(encode(src, fmt, **kwargs), 256, LIMITS)
     assert img.mode == "RGB"
     assert img.size == src.size
     # GIF is 256 colours: the palette quantisation is the only loss
@@ -64,14 +66,14 @@ def test_allowed_formats_open_only_what_uploads_need():
     assert {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"} <= set(ALLOWED_FORMATS)
     ppm = encode(gradient(), "PPM")  # Pillow reads PPM, but it is no upload format
     with pytest.raises(ImageError) as err:
-        decode_image(ppm, 256)
+        decode_image(ppm, 256, LIMITS)
     assert err.value.status == 415
 
 
 def test_gif_first_frame():
     frames = [Image.new("RGB", (64, 48), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    img = decode_image(data, 256)
+    img = decode_image(data, 256, LIMITS)
     assert img.mode == "RGB" and img.size == (64, 48)
     assert tuple(np.asarray(img)[10, 10]) == (255, 0, 0)
 
@@ -81,7 +83,7 @@ def test_multi_page_tiff_and_animated_webp_first_frame():
     tiff = encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])
     webp = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
     for data in (tiff, webp):
-        assert tuple(np.asarray(decode_image(data, 256))[5, 5]) == (0, 200, 0)
+        assert tuple(np.asarray(decode_image(data, 256, LIMITS))[5, 5]) == (0, 200, 0)
 
 
 @pytest.mark.parametrize(("orientation", "size", "red_side"), [
@@ -95,7 +97,7 @@ def test_exif_orientation_is_applied(orientation, size, red_side):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(Image.fromarray(arr), "JPEG", quality=95, exif=exif.tobytes())
-    img = decode_image(data, 256)
+    img = decode_image(data, 256, LIMITS)
     assert img.size == size
     a = np.asarray(img).astype(int)
     w, h = img.size
@@ -106,27 +108,27 @@ def test_exif_orientation_is_applied(orientation, size, red_side):
 # -- modes --------------------------------------------------------------------------------------------------
 def test_grayscale_and_bilevel_become_rgb():
     gray = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (20, 1)), "L")
-    img = decode_image(encode(gray, "PNG"), 256)
+    img = decode_image(encode(gray, "PNG"), 256, LIMITS)
     assert img.mode == "RGB"
     a = np.asarray(img)
     assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
     assert (a[..., 0] == np.asarray(gray)).all()
     bilevel = gray.point(lambda v: 255 if v > 127 else 0).convert("1")
     for fmt in ("PNG", "BMP", "TIFF"):
-        b = np.asarray(decode_image(encode(bilevel, fmt), 256))
+        b = np.asarray(decode_image(encode(bilevel, fmt), 256, LIMITS))
         assert set(np.unique(b)) == {0, 255}
 
 
 def test_palette_and_palette_transparency():
     src = gradient(64, 64).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    img = decode_image(encode(src, "PNG"), 256)
+    img = decode_image(encode(src, "PNG"), 256, LIMITS)
     assert img.mode == "RGB" and (np.asarray(img) == np.asarray(src.convert("RGB"))).all()
     # a palette image whose index 0 is transparent: those pixels are composited on white
     p = Image.new("P", (32, 32), 0)
     p.putpalette([0, 0, 0, 255, 0, 0] + [0] * (254 * 3))
     p.paste(1, (0, 0, 16, 32))
     for fmt in ("PNG", "GIF"):
-        a = np.asarray(decode_image(encode(p, fmt, transparency=0), 256))
+        a = np.asarray(decode_image(encode(p, fmt, transparency=0), 256, LIMITS))
         assert tuple(a[5, 5]) == (255, 0, 0)  # opaque red
         assert tuple(a[5, 25]) == (255, 255, 255)  # transparent → white
 
@@ -138,7 +140,7 @@ def test_rgba_is_composited_on_white(fmt):
     arr[:, :20, 3] = 255  # ...opaque on the left
     arr[:, 20:, 3] = 0  # transparent on the right
     kwargs = {"lossless": True} if fmt == "WEBP" else {}
-    a = np.asarray(decode_image(encode(Image.fromarray(arr, "RGBA"), fmt, **kwargs), 256))
+    a = np.asarray(decode_image(encode(Image.fromarray(arr, "RGBA"), fmt, **kwargs), 256, LIMITS))
     assert tuple(a[10, 5]) == (255, 0, 0)
     assert tuple(a[10, 35]) == (255, 255, 255)
 
@@ -147,7 +149,7 @@ def test_la_is_composited_on_white():
     arr = np.zeros((30, 30, 2), np.uint8)
     arr[..., 0] = 40
     arr[:, :15, 1] = 255
-    a = np.asarray(decode_image(encode(Image.fromarray(arr, "LA"), "PNG"), 256))
+    a = np.asarray(decode_image(encode(Image.fromarray(arr, "LA"), "PNG"), 256, LIMITS))
     assert tuple(a[3, 3]) == (40, 40, 40)
     assert tuple(a[3, 25]) == (255, 255, 255)
 
@@ -156,7 +158,7 @@ def test_la_is_composited_on_white():
 def test_cmyk_becomes_rgb(fmt):
     cmyk = Image.new("CMYK", (50, 40), (0, 255, 255, 0))  # no cyan, full magenta and yellow: red
     kwargs = {"quality": 95} if fmt == "JPEG" else {}
-    img = decode_image(encode(cmyk, fmt, **kwargs), 256)
+    img = decode_image(encode(cmyk, fmt, **kwargs), 256, LIMITS)
     assert img.mode == "RGB"
     r, g, b = np.asarray(img)[20, 25].astype(int)
     assert r > 230 and g < 25 and b < 25
@@ -169,14 +171,14 @@ def test_16_bit_grayscale_is_scaled_not_clipped(fmt):
     assert src.mode == "I;16"
     data = encode(src, fmt)
     assert Image.open(io.BytesIO(data)).mode.startswith("I")
-    a = np.asarray(decode_image(data, 256))
+    a = np.asarray(decode_image(data, 256, LIMITS))
     assert a.shape == (10, 40, 3)
     assert [int(a[0, 10 * i + 5, 0]) for i in range(4)] == [0, 64, 128, 255]
 
 
 def test_small_images_are_upscaled():
     for size in ((50, 40), (1, 1), (255, 300), (17, 600)):
-        patches = image_to_crops(encode(gradient(*size), "PNG"), "ten", 256, 224)
+        patches = image_to_crops(encode(gradient(*size), "PNG"), "ten", 256, 224, LIMITS, "bilinear")
         assert patches.shape == (10, 224, 224, 3) and patches.dtype == np.uint8
 
 
@@ -240,7 +242,7 @@ def test_patch_boxes_of_the_paper():
 
 
 def test_prepare_image_keeps_the_square_its_patches_are_cut_from():
-    prepared = prepare_image(encode(gradient(400, 300), "PNG"), ("ten",), 256, 224)
+    prepared = prepare_image(encode(gradient(400, 300), "PNG"), ("ten",), 256, 224, LIMITS, "bilinear")
     assert prepared.square.shape == (256, 256, 3)
     assert (prepared.patches["ten"] == crop_patches(prepared.square, 224, "ten")).all()
 
@@ -263,8 +265,8 @@ def test_large_jpeg_is_decoded_in_draft_mode_and_stays_close(orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(big, "JPEG", quality=95, exif=exif.tobytes())
-    drafted = decode_image(data, 256)
-    full = decode_image(data, 256, DecodeLimits(draft=False))
+    drafted = decode_image(data, 256, LIMITS)
+    full = decode_image(data, 256, DecodeLimits(max_pixels=LIMITS.max_pixels, draft=False))
     assert full.size == ((2400, 1601) if orientation in (1, 3) else (1601, 2400))
     assert max(drafted.size) <= 601  # decoded at 1/4 scale: 16× fewer pixels
     a, b = resize_square(drafted, 256).astype(int), resize_square(full, 256).astype(int)
@@ -273,14 +275,14 @@ def test_large_jpeg_is_decoded_in_draft_mode_and_stays_close(orientation):
     assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
     # shorter side below 2 × 256: no reduction is possible, the pixels are those of a full decode
     medium = encode(photo, "JPEG", quality=95)
-    assert (np.asarray(decode_image(medium, 256)) ==
-            np.asarray(decode_image(medium, 256, DecodeLimits(draft=False)))).all()
+    assert (np.asarray(decode_image(medium, 256, LIMITS)) ==
+            np.asarray(decode_image(medium, 256, DecodeLimits(max_pixels=LIMITS.max_pixels, draft=False)))).all()
 
 
 # -- bad input ----------------------------------------------------------------------------------------------
-def _status(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[int, str]:
+def _status(data: bytes, limits: DecodeLimits | None = None) -> tuple[int, str]:
     with pytest.raises(ImageError) as err:
-        image_to_crops(data, "ten", 256, 224, limits)
+        image_to_crops(data, "ten", 256, 224, limits or LIMITS, "bilinear")
     return err.value.status, str(err.value)
 
 
@@ -307,7 +309,7 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert len(bomb) < 100_000
     status, message = _status(bomb)
     assert status == 413 and "60,000,000 pixels" in message
-    status, _ = _status(encode(gradient(100, 100), "PNG"), DecodeLimits(max_pixels=5_000))
+    status, _ = _status(encode(gradient(100, 100), "PNG"), DecodeLimits(max_pixels=5_000, draft=True))
     assert status == 413
     huge = encode(Image.new("1", (20_000, 10_000)), "PNG")  # beyond Pillow's own hard limit as well
     assert _status(huge)[0] == 413
@@ -315,8 +317,8 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 def test_prepare_image_reports_format_and_stored_size_and_cuts_every_scheme_from_one_decode():
     data = encode(gradient(300, 200), "WEBP")
-    prepared = prepare_image(data, ["center", "ten"], 256, 224)
+    prepared = prepare_image(data, ["center", "ten"], 256, 224, LIMITS, "bilinear")
     assert (prepared.format, prepared.width, prepared.height) == ("WEBP", 300, 200)
     assert prepared.patches["center"].shape == (1, 224, 224, 3) and prepared.patches["ten"].shape == (10, 224, 224, 3)
-    np.testing.assert_array_equal(prepared.patches["ten"], image_to_crops(data, "ten", 256, 224))
+    np.testing.assert_array_equal(prepared.patches["ten"], image_to_crops(data, "ten", 256, 224, LIMITS, "bilinear"))
     np.testing.assert_array_equal(prepared.patches["center"][0], prepared.patches["ten"][4])  # the same centre

@@ -370,7 +370,7 @@ def test_thread_runner_bounds_its_queue():
             return np.zeros((len(patches), 10), np.float32)
 
     async def scenario():
-        runner = ThreadRunner(Slow(), Metrics(), concurrency=1, max_queued=1)
+        runner = ThreadRunner(Slow(), Metrics(), concurrency=1, max_queued=1, retry_after=1)
         x = np.zeros((1, 224, 224, 3), np.uint8)
         results = await asyncio.gather(*(runner.infer(x) for _ in range(3)), return_exceptions=True)
         assert sum(isinstance(r, np.ndarray) for r in results) == 2
