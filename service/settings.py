@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from alexnet_store.store import StoreError, validate_name
+from service import defaults
 from service.version_policy import Policies, VersionPolicy
 
 if TYPE_CHECKING:
@@ -168,15 +169,18 @@ class Settings(BaseSettings):
         0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = ORT's default (all physical cores) "
                              "with one worker, cores ÷ workers with several")
     intra_op_spinning: bool = Field(
-        False, description="ONNX Runtime's idle threads spin-wait for work instead of sleeping; off by default: "
-                           "no faster on a quiet CPU, slower when the cores are shared (docs/benchmark.md)")
+        defaults.INTRA_OP_SPINNING,
+        description="ONNX Runtime's idle threads spin-wait for work instead of sleeping; off by default: "
+                    "no faster on a quiet CPU, slower when the cores are shared (docs/benchmark.md)")
     cpu_reorder_elision: bool = Field(
-        True, description="on the CPU, run the LRN's elementwise ops in ONNX Runtime's blocked layout instead of "
-                          "converting to NCHW and back around them (checked against the plain session at load; "
-                          "+7 % fp32, docs/performance.md)")
+        defaults.CPU_REORDER_ELISION,
+        description="on the CPU, run the LRN's elementwise ops in ONNX Runtime's blocked layout instead of "
+                    "converting to NCHW and back around them (checked against the plain session at load; "
+                    "+7 % fp32, docs/performance.md)")
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
-        "HEURISTIC", description="CUDA only: how cuDNN picks convolution algorithms; EXHAUSTIVE times them all "
-                                 "again for every new batch size, which dynamic batching makes many of")
+        defaults.CUDNN_CONV_ALGO_SEARCH,
+        description="CUDA only: how cuDNN picks convolution algorithms; EXHAUSTIVE times them all "
+                    "again for every new batch size, which dynamic batching makes many of")
     warmup_batch: int = Field(10, ge=1, description="patches in the warm-up run before the service says ready")
 
     # -- the server ---------------------------------------------------------------------------------------
@@ -201,9 +205,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest accepted image file")
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1, description="largest accepted request body")
     max_files_per_request: int = Field(32, ge=1, description="most images in one request")
-    max_pixels: int = Field(50_000_000, ge=1, description="most pixels (width × height) of one image")
-    jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when that still "
-                                               "gives at least the resize size (Pillow draft mode)")
+    max_pixels: int = Field(defaults.MAX_PIXELS, ge=1, description="most pixels (width × height) of one image")
+    jpeg_draft: bool = Field(defaults.JPEG_DRAFT, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when that "
+                                                              "still gives at least the resize size (Pillow draft mode)")
 
     max_inflight_bytes: int = Field(
         0, ge=0, description="request bytes held at once (bodies being received, their images being classified) "

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import defaults
 from service.preprocess import (
     ALLOWED_FORMATS,
     DecodeLimits,
@@ -26,8 +27,7 @@ from service.preprocess import (
 
 SKLEARN_IMAGES = Path(__import__("sklearn").__file__).parent / "datasets" / "images"
 
-# The service's own defaults (docs/api.md): a 50-megapixel bound, JPEG draft decoding on.
-LIMITS = DecodeLimits(max_pixels=50_000_000, draft=True)
+LIMITS = DecodeLimits(max_pixels=defaults.MAX_PIXELS, draft=defaults.JPEG_DRAFT)  # the service's
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -118,20 +118,27 @@ class InProcessBackend:
         return ModelInfo(meta.name, meta.version, meta.precision, provider, meta.labels)
 
     def factory(self, schemes: Sequence[str]) -> Any:
-        """The service's own `PipelineFactory`, from the service's `Settings` defaults (not the environment: an
-        evaluation is reproducible whatever ALEXNET_* a shell holds) with alexnet-eval's flags over them:
-        `batch_size` images per model run, `workers` decode threads, no queue limit (every image waits its turn)."""
+        """The service's own `PipelineFactory`: its session options and decode limits (service/defaults.py, which its
+        `Settings` use too; not the environment, so an evaluation is reproducible whatever ALEXNET_* a shell
+        holds) with alexnet-eval's flags: `batch_size` images per model run, `workers` decode threads, no queue
+        limit (every image waits its turn). No pydantic: this runs where only ONNX Runtime is installed."""
         from alexnet_store.vocabulary import PATCHES_PER_SCHEME
+        from service import defaults
         from service.metrics import Metrics
-        from service.pipeline import PipelineFactory
-        from service.settings import Settings
+        from service.model import RuntimeOptions
+        from service.pipeline import PipelineConfig, PipelineFactory
+        from service.preprocess import DecodeLimits
 
         patches = sum(PATCHES_PER_SCHEME[s] for s in schemes)
-        settings = Settings.model_construct(
-            providers=list(self.providers) if self.providers else ["auto"], intra_op_threads=self.intra_op_threads,
+        config = PipelineConfig(
+            providers=list(self.providers) if self.providers else None,
+            runtime=RuntimeOptions(intra_op_threads=self.intra_op_threads, spinning=defaults.INTRA_OP_SPINNING,
+                                   cudnn_conv_algo_search=defaults.CUDNN_CONV_ALGO_SEARCH,
+                                   reorder_elision=defaults.CPU_REORDER_ELISION),
+            warmup_batch=1, limits=DecodeLimits(max_pixels=defaults.MAX_PIXELS, draft=defaults.JPEG_DRAFT),
             decode_threads=self.workers, batching=True, max_batch_patches=self.batch_size * patches,
-            max_queued_inferences=0, warmup_batch=1)
-        return PipelineFactory(settings.pipeline_config(), Metrics())
+            max_batch_delay_ms=0.0, max_queued=0, concurrency=1, retry_after=0)
+        return PipelineFactory(config, Metrics())
 
     def start(self) -> None:
         self.describe()
