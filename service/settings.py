@@ -207,7 +207,7 @@ class Settings(BaseSettings):
     max_files_per_request: int = Field(32, ge=1, description="most images in one request")
     max_pixels: int = Field(defaults.MAX_PIXELS, ge=1, description="most pixels (width × height) of one image")
     jpeg_draft: bool = Field(defaults.JPEG_DRAFT, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when that "
-                                                              "still gives at least the resize size (Pillow draft mode)")
+                                                              "still gives at least the resize size (Pillow draft)")
 
     max_inflight_bytes: int = Field(
         0, ge=0, description="request bytes held at once (bodies being received, their images being classified) "
