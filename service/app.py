@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from service.app_state import RunnerFactory, ServiceState
 from service.error_handlers import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
+from service.openapi import install_openapi
 from service.pipeline import ModelLoader
 from service.routes import ROUTERS
 from service.server_info import VERSION
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
                   openapi_tags=TAGS, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = state
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
     for router in ROUTERS:
         app.include_router(router)

@@ -99,6 +99,20 @@ class ErrorBody(_Base):
     reason: str | None = Field(None, description="short machine-readable kind of error")
 
 
+class ValidationIssue(_Base):
+    loc: list[str | int] = Field(description="where: the request part, then the field", examples=[["query", "top_k"]])
+    msg: str
+    type: str
+    input: str | int | float | bool | None = None
+
+
+class ValidationErrorBody(ErrorBody):
+    """422 on the service's own routes: the one-line `detail`, and for a request that does not match the document
+    (a parameter out of range, a body of the wrong shape) each issue under `errors`."""
+
+    errors: list[ValidationIssue] | None = Field(None, description="one item per problem, as the validator saw it")
+
+
 class Live(_Base):
     status: Literal["alive"] = "alive"
 

@@ -32,7 +32,7 @@ def _entries(statuses: list[VersionStatus]) -> list[IndexEntry]:
 
 
 @router.post("/index", response_model=list[IndexEntry], summary="Every model and version, with its state",
-             dependencies=[InferKey])
+             responses={code: ERRORS[code] for code in (400, 401)}, dependencies=[InferKey])
 async def index(state: StateDep, body: Annotated[dict[str, Any] | None, Body(
         examples=[{"ready": True}], description='`{"ready": true}`: only the versions that are READY')] = None,
                 ) -> list[IndexEntry]:
