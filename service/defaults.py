@@ -9,6 +9,7 @@ from __future__ import annotations
 
 MAX_PIXELS = 50_000_000  # ALEXNET_MAX_PIXELS: a 12 MP photo is 12 M; anything far larger is a decompression bomb
 JPEG_DRAFT = True  # ALEXNET_JPEG_DRAFT
+INTRA_OP_THREADS = 0  # ALEXNET_INTRA_OP_THREADS: ORT's own choice (one per physical core)
 INTRA_OP_SPINNING = False  # ALEXNET_INTRA_OP_SPINNING
 CPU_REORDER_ELISION = True  # ALEXNET_CPU_REORDER_ELISION
 CUDNN_CONV_ALGO_SEARCH = "HEURISTIC"  # ALEXNET_CUDNN_CONV_ALGO_SEARCH

@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from alexnet_store import ModelVersion
+from service.defaults import CPU_REORDER_ELISION, CUDNN_CONV_ALGO_SEARCH, INTRA_OP_SPINNING, INTRA_OP_THREADS
 from service.graph import GRAPH_INPUT, GRAPH_OUTPUT, build_serving_model
 from service.session import ElisionReport, Prepare, cpu_session, run_here, session_options
 
@@ -49,10 +50,10 @@ class RuntimeOptions:
     - `reorder_elision`: on the CPU, remove ONNX Runtime's layout round trips around the LRN (service/session.py).
     """
 
-    intra_op_threads: int = 0
-    spinning: bool = False
-    cudnn_conv_algo_search: CudnnConvAlgoSearch = "HEURISTIC"
-    reorder_elision: bool = True
+    intra_op_threads: int = INTRA_OP_THREADS  # the values Settings declares its fields with (service/defaults.py)
+    spinning: bool = INTRA_OP_SPINNING
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = CUDNN_CONV_ALGO_SEARCH
+    reorder_elision: bool = CPU_REORDER_ELISION
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:

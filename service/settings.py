@@ -166,8 +166,9 @@ class Settings(BaseSettings):
                     "then CPUExecutionProvider",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = ORT's default (all physical cores) "
-                             "with one worker, cores ÷ workers with several")
+        defaults.INTRA_OP_THREADS, ge=0,
+        description="ONNX Runtime intra-op threads per worker; 0 = ORT's default (all physical cores) "
+                    "with one worker, cores ÷ workers with several")
     intra_op_spinning: bool = Field(
         defaults.INTRA_OP_SPINNING,
         description="ONNX Runtime's idle threads spin-wait for work instead of sleeping; off by default: "
