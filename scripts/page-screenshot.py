@@ -2,7 +2,7 @@
 """Screenshots of the page at / on a real photo, for the docs (docs/page.png, docs/page-phone.png).
 
 Starts a real `alexnet-serve` on the model store, opens the page in the same headless Chromium the browser
-tests use (tests/helpers.py: Debian's chromium + chromium-driver), uploads the photo through the file input
+tests use (tests/support/browser.py: Debian's chromium + chromium-driver), uploads the photo through the file input
 and saves the whole page at 1280 CSS pixels and at a phone's 390:
 
     .venv/bin/python scripts/page-screenshot.py --model-store model_store --model digits \\
@@ -19,14 +19,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import (  # noqa: E402  (the browser setup is the tests', defined once)
+from support.browser import (  # noqa: E402  (the browser setup is the tests', defined once)
     full_page_screenshot,
     missing_browser,
     set_viewport,
     start_chromium,
-    start_server,
-    stop_server,
 )
+from support.server import start_server, stop_server  # noqa: E402
 
 
 def shrink(path: Path) -> None:

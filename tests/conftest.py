@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_DATA, SKLEARN_IMAGES, cuda_provider_works
+from support.gpu import cuda_provider_works
+from support.paths import SHARED_DATA, SKLEARN_IMAGES
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,12 +7,13 @@ import time
 import warnings
 
 import pytest
-from helpers import SKLEARN_IMAGES, asgi_post
+from support.app import asgi_post
+from support.paths import SKLEARN_IMAGES
+from support.settings import cpu_settings
 
 from service.admission import MIB, Admission, default_limits
 from service.app import create_app
 from service.errors import Overloaded
-from service.settings import Settings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -65,9 +66,7 @@ def multipart(*files: bytes) -> tuple[bytes, dict[str, str]]:
 
 def test_over_budget_is_503_before_the_body_is_read(exported):
     root, _, _ = exported
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning",
-                        repository_poll_seconds=0, max_inflight_bytes=len(PHOTO) * 3, max_inflight_images=2,
-                        retry_after_seconds=2)
+    settings = cpu_settings(root, max_inflight_bytes=len(PHOTO) * 3, max_inflight_images=2, retry_after_seconds=2)
     app = create_app(settings)
 
     async def scenario():
@@ -100,8 +99,7 @@ def test_over_budget_is_503_before_the_body_is_read(exported):
 
 def test_v2_infer_is_admitted_too(exported):
     root, _, _ = exported
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning",
-                        repository_poll_seconds=0, max_inflight_images=1)
+    settings = cpu_settings(root, max_inflight_images=1)
     with TestClient(create_app(settings)) as c:
         deadline = time.monotonic() + 60
         while c.get("/health/ready").status_code != 200:
@@ -121,7 +119,7 @@ def test_v2_infer_is_admitted_too(exported):
 def test_memory_is_reclaimed_once_after_work_when_idle(exported, loaded_model):
     """After a request, once nothing has been in flight for reclaim_idle_seconds, each loaded version's arena is
     shrunk (ClassifierModel.release_memory) — once, not again while the service stays idle."""
-    from helpers import reuse
+    from support.app import reuse
 
     root, _, _ = exported
     released = []
@@ -132,8 +130,7 @@ def test_memory_is_reclaimed_once_after_work_when_idle(exported, loaded_model):
         model.release_memory = lambda: released.append(time.monotonic())  # the session is shared: count only
         return model
 
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning",
-                        repository_poll_seconds=0, reclaim_idle_seconds=0.5)
+    settings = cpu_settings(root, reclaim_idle_seconds=0.5)
     with TestClient(create_app(settings, loader=loader)) as c:
         deadline = time.monotonic() + 60
         while c.get("/health/ready").status_code != 200:

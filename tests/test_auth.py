@@ -12,10 +12,10 @@ import time
 import warnings
 
 import pytest
+from support.settings import cpu_settings
 
 from service.app import create_app
 from service.auth import ApiKeys, KeysFileError
-from service.settings import Settings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -70,8 +70,7 @@ def client_for(exported, tmp_path, **settings) -> TestClient:
     root, _, _ = exported
     keys = tmp_path / "keys"
     keys.write_text(f"{INFER_KEY}\nsha256:{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()} admin\n")
-    s = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="info",
-                 repository_poll_seconds=0, **({"api_keys_file": keys} | settings))
+    s = cpu_settings(root, log_level="info", **({"api_keys_file": keys} | settings))  # info: the auth log lines
     return TestClient(create_app(s))
 
 

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from helpers import reuse
 from PIL import Image
+from support.app import reuse
+from support.settings import cpu_settings
 
 from service.app import create_app
 from service.batching import BatchingRunner
@@ -181,8 +182,7 @@ def jpeg(width: int, height: int, seed: int) -> bytes:
 
 
 def settings_for(root, **overrides) -> Settings:
-    base = {"model_store": root, "providers": ["CPUExecutionProvider"], "log_level": "warning", "warmup_batch": 1}
-    return Settings(_env_file=None, **{**base, **overrides})
+    return cpu_settings(root, **{"warmup_batch": 1, **overrides})
 
 
 def wait_ready(client: TestClient) -> None:

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from helpers import image, start_server, stop_server
+from support.images import image
+from support.server import start_server, stop_server
 
 
 def answer(client: httpx.Client, data: bytes, name: str, crops: str) -> list[dict]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.gpu import cuda_provider_works
+from support.settings import cpu_settings
 
 from service.model import CPU, CUDA, ClassifierModel, RuntimeOptions
 from service.settings import Settings
@@ -11,8 +13,8 @@ from service.settings import Settings
 
 def test_settings_reach_the_session(exported):
     root, version, _ = exported
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], intra_op_threads=1,
-                        intra_op_spinning=True, cudnn_conv_algo_search="DEFAULT", warmup_batch=1)
+    settings = cpu_settings(root, intra_op_threads=1, intra_op_spinning=True, cudnn_conv_algo_search="DEFAULT",
+                            warmup_batch=1)
     model = default_loader(settings)(version)
     assert model.runtime == RuntimeOptions(intra_op_threads=1, spinning=True, cudnn_conv_algo_search="DEFAULT")
     options = model.runtime.session_options()
@@ -31,8 +33,6 @@ def test_cuda_gets_its_options_and_cpu_none():
 
 def test_auto_providers_fail_over_to_cpu_with_the_same_answers(exported):
     """'auto' asks for CUDA with its options where this onnxruntime has it; without a GPU the session is on CPU."""
-    from helpers import cuda_provider_works
-
     _, version, _ = exported
     auto = ClassifierModel(version)  # providers: auto
     cpu = ClassifierModel(version, providers=[CPU], runtime=RuntimeOptions(spinning=True))
@@ -85,8 +85,7 @@ def test_loading_runs_at_low_priority_but_serves_at_normal_priority(exported):
         min(19, base + LOW_PRIORITY_NICE)
     with pytest.raises(ZeroDivisionError):
         low_priority(lambda: 1 / 0)
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], warmup_batch=1,
-                        intra_op_threads=2)
+    settings = cpu_settings(root, warmup_batch=1, intra_op_threads=2)
     model = default_loader(settings)(version)
     assert model.elision is not None and model.elision.fallback is None  # elided, checked, at low priority
     assert _thread_nice_values() == {base}  # ORT's intra-op threads included

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from helpers import compose_env, compose_yaml, dockerfile_instructions, dockerfile_stages, stage_args
+from support.containers import compose_env, compose_yaml, dockerfile_instructions, dockerfile_stages, stage_args
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"

@@ -31,7 +31,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO, compose_env, compose_yaml, free_port, stage_args
+from support.containers import compose_env, compose_yaml, stage_args
+from support.paths import REPO
+from support.server import free_port
 
 DEPLOY = REPO / "deploy"
 CRDS = DEPLOY / "crds"
@@ -726,7 +728,7 @@ def test_every_probed_path_is_answered_by_the_service(exported, tmp_path: Path, 
     """alexnet-serve, started with each serving container's environment (host, port and store given as flags, as
     the cluster's differ from this machine's), answers 200 on every path the manifests and the balancer probe,
     and /metrics exports the series the queue-depth autoscaler and its prometheus-adapter rule name."""
-    from helpers import start_server, stop_server
+    from support.server import start_server, stop_server
 
     root, _version, _model = exported
     hpa = find(rendered_with(DEPLOY / "kubernetes" / "components" / "hpa-queue-depth",
@@ -754,7 +756,8 @@ def test_every_probed_path_is_answered_by_the_service(exported, tmp_path: Path, 
 
 def test_kserve_smoke_script_against_the_service(exported, tmp_path: Path):
     """scripts/kserve-smoke.py (tritonclient) against the real service over the Open Inference Protocol."""
-    from helpers import SKLEARN_IMAGES, start_server, stop_server
+    from support.paths import SKLEARN_IMAGES
+    from support.server import start_server, stop_server
 
     root, version, _model = exported
     server = start_server(root, tmp_path / "serve.log")

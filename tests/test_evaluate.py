@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import start_server, stop_server
+from support.server import start_server, stop_server
 
 from alexnet_store import Label
 from service.evaluation import cli

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import python_without
+from support.python import python_without
 
 from alexnet_store import ModelStore
 from bench import experiment
@@ -107,8 +107,8 @@ def test_train_export_evaluate_need_no_web_stack(fashion_mnist_root: Path, tmp_p
     # (at 224 the two resizes give identical pixels).
     import numpy as np
     import torch
-    from helpers import classify
     from PIL import Image
+    from support.app import classify
 
     from service.model import ClassifierModel
     from training.checkpoint import load_checkpoint, model_from_checkpoint

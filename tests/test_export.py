@@ -147,9 +147,9 @@ def test_a_model_trained_without_reflections_is_served_with_the_centre_crop(
     import numpy as np
     import torch
     from PIL import Image
+    from support.settings import cpu_settings
 
     from service.app import create_app
-    from service.settings import Settings
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.presets import center_transform
 
@@ -167,7 +167,7 @@ def test_a_model_trained_without_reflections_is_served_with_the_centre_crop(
     assert json.loads((version.path / "metadata.json").read_text())["preprocessing"]["crops"] == "center"
 
     photo = sorted((data / "val").rglob("*.png"))[0]
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning")
+    settings = cpu_settings(root)
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 120
         while client.get("/health/ready").status_code != 200:

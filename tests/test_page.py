@@ -25,19 +25,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    SKLEARN_IMAGES,
-    Server,
-    free_port,
-    full_page_screenshot,
-    missing_browser,
-    reuse,
-    set_viewport,
-    start_chromium,
-    start_server,
-    stop_server,
-)
 from PIL import Image, ImageOps
+from support.app import reuse
+from support.browser import full_page_screenshot, missing_browser, set_viewport, start_chromium
+from support.paths import SKLEARN_IMAGES
+from support.server import Server, free_port, start_server, stop_server
+from support.settings import cpu_settings
 
 from training.presets import ten_crop_transform
 
@@ -383,11 +376,9 @@ def app_with(exported, loaded_model, gate: threading.Event, *, keys_file: Path |
     """The service's app on the exported store; its model loads when `gate` is set. With `keys_file`, the service's
     own API keys are on (service/auth.py); `seen` then records what each request sent as Authorization."""
     from service.app import create_app
-    from service.settings import Settings
 
     root, _, _ = exported
-    settings = Settings(_env_file=None, model_store=root, models=["testnet"], providers=["CPUExecutionProvider"],
-                        log_level="warning", repository_poll_seconds=0, api_keys_file=keys_file)
+    settings = cpu_settings(root, models=["testnet"], api_keys_file=keys_file)
     app = create_app(settings, loader=reuse(loaded_model, gate))
     if seen is not None:
         @app.middleware("http")

@@ -6,7 +6,7 @@ import ctypes.util
 
 import onnxruntime as ort
 import pytest
-from helpers import cuda_provider_works
+from support.gpu import cuda_provider_works
 
 from service.model import CPU, CUDA, ClassifierModel, resolve_providers
 

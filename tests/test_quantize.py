@@ -126,7 +126,7 @@ def test_int8_is_a_new_version_with_precision_int8(exported, int8_store: ModelSt
 @pytest.mark.slow
 def test_int8_serves_and_agrees_with_fp32_on_real_photos(exported, int8_store: ModelStore,
                                                          project_photos: list[Path]) -> None:
-    from helpers import classify
+    from support.app import classify
 
     from service.model import ClassifierModel
 

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SKLEARN_IMAGES, clone_version
+from support.app import clone_version
+from support.paths import SKLEARN_IMAGES
+from support.settings import cpu_settings
 
 from service.app_state import ServiceState
 from service.metrics import Metrics
 from service.repository import ModelRepository
-from service.settings import Settings
 from service.version_policy import Policies, VersionPolicy
 
 PHOTO = (SKLEARN_IMAGES / "china.jpg").read_bytes()
@@ -65,8 +66,7 @@ def store(exported, tmp_path) -> Path:
 
 
 def repository(root: Path, policy: str = "latest:1", **settings) -> ModelRepository:
-    s = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], warmup_batch=1,
-                 repository_poll_seconds=0, version_policy=policy, log_level="warning", **settings)
+    s = cpu_settings(root, warmup_batch=1, version_policy=policy, **settings)
     return ServiceState(s, Metrics()).repository
 
 
@@ -215,8 +215,7 @@ def test_stopping_while_a_version_loads_waits_for_the_load(store):
 
     from service.app import create_app
 
-    s = Settings(_env_file=None, model_store=store, providers=["CPUExecutionProvider"], warmup_batch=1,
-                 repository_poll_seconds=0, log_level="warning")
+    s = cpu_settings(store, warmup_batch=1)
     real, started, finished = default_loader(s), threading.Event(), threading.Event()
 
     def slow_loader(entry):

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import SKLEARN_IMAGES, clone_version, start_server, stop_server
+from support.app import clone_version
+from support.paths import SKLEARN_IMAGES
+from support.server import start_server, stop_server
 
 POLL_SECONDS = 1.0
 CONCURRENCY = 16

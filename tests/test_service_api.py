@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import asgi_post, reuse
 from PIL import Image, ImageOps
+from support.app import asgi_post, reuse
+from support.settings import cpu_settings
 
 from service.app import create_app
 from service.errors import Overloaded
@@ -53,9 +54,8 @@ def jpeg_bytes(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
 
 
 def settings_for(root: Path, **overrides) -> Settings:
-    base = {"model_store": root, "providers": ["CPUExecutionProvider"], "max_file_bytes": 2_000_000,
-            "max_request_bytes": 6_000_000, "max_files_per_request": 4, "log_level": "warning"}
-    return Settings(_env_file=None, **{**base, **overrides})
+    base = {"max_file_bytes": 2_000_000, "max_request_bytes": 6_000_000, "max_files_per_request": 4}
+    return cpu_settings(root, **{**base, **overrides})
 
 
 def wait_ready(client: TestClient, timeout: float = 60) -> None:
@@ -95,7 +95,7 @@ def all_probs(result: dict, num_classes: int) -> np.ndarray:
 def real_photos(shared: bool) -> list[tuple[str, bytes]]:
     if not shared:
         return [(name, (SKLEARN_IMAGES / name).read_bytes()) for name in REAL_PHOTOS]
-    from helpers import SHARED_DATA
+    from support.paths import SHARED_DATA
 
     folder = SHARED_DATA / "imagenet-samples"
     if not folder.is_dir():

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import start_server, stop_server
 from pydantic_settings import SettingsError
+from support.server import start_server, stop_server
 
 from service.cli import build_parser, check_store, load_settings, main
 from service.settings import Settings

@@ -14,8 +14,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import SKLEARN_IMAGES, Server, cuda_provider_works, files, image, start_server, stop_server
 from PIL import Image
+from support.gpu import cuda_provider_works
+from support.images import files, image
+from support.paths import SKLEARN_IMAGES
+from support.server import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

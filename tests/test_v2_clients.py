@@ -10,7 +10,8 @@ import signal
 import httpx
 import numpy as np
 import pytest
-from helpers import SKLEARN_IMAGES, start_server, stop_server
+from support.paths import SKLEARN_IMAGES
+from support.server import start_server, stop_server
 
 PHOTOS = [(SKLEARN_IMAGES / name).read_bytes() for name in ("china.jpg", "flower.jpg")]
 

@@ -13,11 +13,12 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import SKLEARN_IMAGES, image
+from support.images import image
+from support.paths import SKLEARN_IMAGES
+from support.settings import cpu_settings
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from service.app import create_app
-from service.settings import Settings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -30,8 +31,7 @@ HEADER = "Inference-Header-Content-Length"
 @pytest.fixture(scope="module")
 def client(exported):
     root, _, _ = exported
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], log_level="warning",
-                        max_files_per_request=4, max_file_bytes=2_000_000, repository_poll_seconds=0)
+    settings = cpu_settings(root, max_files_per_request=4, max_file_bytes=2_000_000)
     with TestClient(create_app(settings)) as c:
         deadline = time.monotonic() + 60
         while c.get("/v2/health/ready").status_code != 200:
@@ -224,8 +224,7 @@ def test_repository_extension(client):
 
 def test_control_is_refused_with_several_workers(exported):
     root, _, _ = exported
-    settings = Settings(_env_file=None, model_store=root, providers=["CPUExecutionProvider"], workers=2,
-                        log_level="warning", repository_poll_seconds=0)
+    settings = cpu_settings(root, workers=2)
     with TestClient(create_app(settings)) as c:
         r = c.post("/v2/repository/models/testnet/unload")
         assert r.status_code == 409 and "needs a single worker" in r.json()["error"]
