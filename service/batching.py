@@ -3,13 +3,16 @@
 `BatchingRunner.infer(patches)` puts a request's patches in a FIFO queue and waits. One dispatcher task
 turns the queue into model runs:
 
-1. it waits for a free run slot (`concurrency` runs at a time, each in a worker thread; ONNX Runtime
-   releases the GIL), so requests that arrive while the model is busy pile up and go together;
+1. it waits for a free run slot (`concurrency` runs at a time, or one per instance of the version's instance
+   group; each in a worker thread, ONNX Runtime releases the GIL), so requests that arrive while the model is
+   busy pile up and go together;
 2. it takes the oldest request and, while the batch is short of `max_batch` patches, waits for more until
    that request has been queued `max_delay` seconds (a request that already waited that long, because
    the model was busy, goes at once);
 3. it takes whole requests in arrival order up to `max_batch` patches, concatenates them into one array,
-   runs the model once and hands every request exactly its own rows back.
+   runs the model once and hands every request exactly its own rows back. With an instance group
+   (service/runner.py `Instances`) and `adaptive`, a batch that leaves nothing waiting while nothing else runs
+   goes to the all-cores session; when more than one batch waits they spread over the instances.
 
 A request larger than `max_batch` is split into chunks of at most `max_batch` patches that queue one after
 the other, so no run ever exceeds `max_batch`. The queue is bounded in requests: beyond `max_queued`
@@ -38,7 +41,7 @@ import numpy as np
 from service.errors import Overloaded, ServiceUnavailable
 from service.metrics import Metrics
 from service.model import ClassifierModel
-from service.runner import InferenceRunner
+from service.runner import InferenceRunner, Instances
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class BatchingRunner(InferenceRunner):
     """Gathers the patches of concurrent requests into runs of at most `max_batch` patches (see module doc)."""
 
     def __init__(self, model: ClassifierModel, metrics: Metrics, *, max_batch: int, max_delay: float, max_queued: int,
-                 concurrency: int, retry_after: int) -> None:
+                 concurrency: int, adaptive: bool, retry_after: int) -> None:
         if max_batch < 1 or concurrency < 1 or max_delay < 0 or max_queued < 0:
             raise ValueError("max_batch and concurrency must be >= 1, max_delay and max_queued >= 0")
         self.model = model
@@ -72,13 +75,12 @@ class BatchingRunner(InferenceRunner):
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_queued = max_queued
-        self.concurrency = concurrency
+        self.instances = Instances(model, metrics, concurrency=concurrency, adaptive=adaptive)
         self.retry_after = retry_after
         self._queue: deque[_Chunk] = deque()
         self._queued_requests = 0
         self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
-        self._threads = anyio.CapacityLimiter(concurrency)
+        self._threads = anyio.CapacityLimiter(self.instances.slots)
         self._running: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
@@ -138,13 +140,19 @@ class BatchingRunner(InferenceRunner):
     # -- the dispatcher -----------------------------------------------------------------------------------
     async def _dispatch(self) -> None:
         while True:
-            await self._slots.acquire()
+            slot = await self.instances.acquire()
             try:
                 batch = await self._gather()
             except BaseException:
-                self._slots.release()
+                await self.instances.release(slot, counted=False)
                 raise
-            task = asyncio.create_task(self._run(batch), name="batch-run")
+            self._drop_cancelled()
+            try:
+                slot = self.instances.place(slot, alone=not self._queue)
+            except BaseException:
+                await self.instances.release(slot, counted=False)
+                raise
+            task = asyncio.create_task(self._run(batch, slot), name="batch-run")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -197,10 +205,10 @@ class BatchingRunner(InferenceRunner):
             self.metrics.queue_wait.observe(now - chunk.enqueued)
         return batch
 
-    async def _run(self, batch: list[_Chunk]) -> None:
+    async def _run(self, batch: list[_Chunk], slot: int) -> None:
         try:
             try:
-                probs = await anyio.to_thread.run_sync(self._predict, [c.patches for c in batch],
+                probs = await anyio.to_thread.run_sync(self._predict, [c.patches for c in batch], slot,
                                                        limiter=self._threads)
             except Exception as exc:
                 log.exception("a model run for %d requests failed", len(batch))
@@ -216,13 +224,8 @@ class BatchingRunner(InferenceRunner):
                     chunk.future.set_result(probs[offset:offset + n])
                 offset += n
         finally:
-            self._slots.release()
+            await self.instances.release(slot)
 
-    def _predict(self, parts: list[np.ndarray]) -> np.ndarray:
+    def _predict(self, parts: list[np.ndarray], slot: int) -> np.ndarray:
         """In the worker thread: the batch is assembled here (one copy), not on the event loop."""
-        patches = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        start = time.perf_counter()
-        probs = self.model.predict(patches)
-        self.metrics.inference_time.observe(time.perf_counter() - start)
-        self.metrics.inference_batch.observe(len(patches))
-        return probs
+        return self.instances.run(slot, parts[0] if len(parts) == 1 else np.concatenate(parts))

@@ -93,12 +93,17 @@ def load_settings(args: argparse.Namespace) -> Settings:
                                     overrides.get("models"), overrides.get("version_policy"), _flag)
             warn_deprecated(notes)
             overrides.update(mapped)
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}") from exc
     except SettingsError as exc:
         raise CliError(f"invalid settings: {exc}") from exc
+    try:
+        settings.check_instances()
+    except ValueError as exc:
+        raise CliError(f"invalid settings: {exc}") from exc
+    return settings
 
 
 def check_store(settings: Settings) -> list[str]:

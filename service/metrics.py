@@ -74,6 +74,9 @@ class Metrics:
         self.inference_time = Histogram(
             "inference_duration_seconds", "Time of one model run (ONNX Runtime session.run).",
             namespace=NAMESPACE, buckets=INFERENCE_BUCKETS, registry=r)
+        self.inference_runs = Counter(
+            "inference_runs", "Model runs, by session: `main` (all cores) or `instance` (one of the instance group).",
+            ["session"], namespace=NAMESPACE, registry=r)
         self.queue_wait = Histogram(
             "inference_queue_seconds", "Time a request's patches waited in the batching queue before their run.",
             namespace=NAMESPACE, buckets=QUEUE_BUCKETS, registry=r)

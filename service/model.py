@@ -19,9 +19,15 @@ import onnx
 import onnxruntime as ort
 
 from alexnet_store import ModelVersion
-from service.defaults import CPU_REORDER_ELISION, CUDNN_CONV_ALGO_SEARCH, INTRA_OP_SPINNING, INTRA_OP_THREADS
+from service.defaults import (
+    CPU_REORDER_ELISION,
+    CUDNN_CONV_ALGO_SEARCH,
+    INSTANCES,
+    INTRA_OP_SPINNING,
+    INTRA_OP_THREADS,
+)
 from service.graph import GRAPH_INPUT, GRAPH_OUTPUT, build_serving_model
-from service.session import ElisionReport, Prepare, cpu_session, run_here, session_options
+from service.session import ElisionReport, Prepare, cpu_sessions, run_here, session_options
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -48,12 +54,18 @@ class RuntimeOptions:
     - the CUDA memory arena grows by what is requested (kSameAsRequested), not in doubling steps, so varying
       batch sizes do not reserve twice the memory they use.
     - `reorder_elision`: on the CPU, remove ONNX Runtime's layout round trips around the LRN (service/session.py).
+    - `instances` × `instance_threads`: an instance group (Triton's name), on the CPU: besides the session above
+      (`intra_op_threads`: all cores), `instances` more sessions of `instance_threads` threads each, so several
+      batches run at once, each on its own cores (service/runner.py `Instances` schedules them). 1: none, the one
+      session takes every run. The settings size it so instances × threads never exceeds the cores.
     """
 
     intra_op_threads: int = INTRA_OP_THREADS  # the values Settings declares its fields with (service/defaults.py)
     spinning: bool = INTRA_OP_SPINNING
     cudnn_conv_algo_search: CudnnConvAlgoSearch = CUDNN_CONV_ALGO_SEARCH
     reorder_elision: bool = CPU_REORDER_ELISION
+    instances: int = INSTANCES
+    instance_threads: int = 0  # resolved by the settings (0 without a group)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
@@ -61,7 +73,8 @@ class RuntimeOptions:
         the ceiling's sessions stay opened exactly like the service's."""
         return cls(intra_op_threads=settings.effective_intra_op_threads(), spinning=settings.intra_op_spinning,
                    cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
-                   reorder_elision=settings.cpu_reorder_elision)
+                   reorder_elision=settings.cpu_reorder_elision, instances=settings.effective_instances(),
+                   instance_threads=settings.effective_instance_threads())
 
     def session_config(self) -> dict[str, str]:
         return {"session.intra_op.allow_spinning": "1" if self.spinning else "0"}
@@ -122,6 +135,7 @@ class ClassifierModel:
         self.requested_providers = resolve_providers(providers)
         self.runtime = runtime or RuntimeOptions()
         self.session: ort.InferenceSession | None = None
+        self.instances: list[ort.InferenceSession] = []  # the instance group's sessions (CPU, instances > 1)
         self.elision: ElisionReport | None = None  # CPU sessions only
         self._release: ort.RunOptions | None = None  # run options that shrink the arena at the end of a run
 
@@ -144,10 +158,12 @@ class ClassifierModel:
         optimisation and rewrite — e.g. at a low priority while another version serves (service/session.py
         `low_priority`); the session and its warm-up run at the caller's priority."""
         serving = prepare(self._serving_graph)
+        instances: list[ort.InferenceSession] = []
         if self.requested_providers == [CPU]:
-            session, self.elision = cpu_session(serving, self.runtime.intra_op_threads,
-                                                elide=self.runtime.reorder_elision,
-                                                config=self.runtime.session_config(), prepare=prepare)
+            group = [self.runtime.instance_threads] * self.runtime.instances if self.runtime.instances > 1 else []
+            (session, *instances), self.elision = cpu_sessions(
+                serving, [self.runtime.intra_op_threads, *group], elide=self.runtime.reorder_elision,
+                config=self.runtime.session_config(), prepare=prepare)
             log.info("CPU layout reorders removed: %d (%s)", self.elision.removed_reorders,
                      self.elision.fallback or "checked against the plain session")
         else:
@@ -158,21 +174,24 @@ class ClassifierModel:
             log.warning("asked for %s but onnxruntime runs on %s (CUDA libraries or GPU unavailable)",
                         self.requested_providers[0], got[0])
         self.session = session
+        self.instances = instances
         self._release = ort.RunOptions()
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage",
                                            "cpu:0;gpu:0" if got[0] == CUDA else "cpu:0")
         start = time.perf_counter()
         crop = self.metadata.preprocessing.crop_size
-        self.predict(np.zeros((warmup_batch, crop, crop, 3), np.uint8), release_memory=True)
-        log.info("model %s v%d loaded on %s; warm-up batch of %d in %.0f ms", self.metadata.name,
-                 self.metadata.version, got[0], warmup_batch, 1000 * (time.perf_counter() - start))
+        for instance in (None, *range(len(instances))):
+            self.predict(np.zeros((warmup_batch, crop, crop, 3), np.uint8), release_memory=True, instance=instance)
+        group = (f" and {len(instances)} instances × {self.runtime.instance_threads} threads" if instances else "")
+        log.info("model %s v%d loaded on %s%s; warm-up batch of %d in %.0f ms", self.metadata.name,
+                 self.metadata.version, got[0], group, warmup_batch, 1000 * (time.perf_counter() - start))
 
     def _serving_graph(self) -> bytes:
         self.version.verify()
         return build_serving_model(onnx.load(str(self.version.onnx_path)), self.metadata).SerializeToString()
 
     # -- predict ----------------------------------------------------------------------------------------
-    def predict(self, patches: np.ndarray, *, release_memory: bool = False) -> np.ndarray:
+    def predict(self, patches: np.ndarray, *, release_memory: bool = False, instance: int | None = None) -> np.ndarray:
         """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K] (one run, any M).
 
         ONNX Runtime keeps the activations' memory in an arena that only grows: one run of 80 patches of the
@@ -181,18 +200,23 @@ class ClassifierModel:
         0.80 GB, measured on the same session. The service asks for it with a one-patch run once it has been
         idle for a moment (`ServiceState.reclaim_when_idle`), so a burst's memory goes back when the burst is
         over while sustained load keeps the arena warm and pays nothing.
+
+        `instance` runs it on that session of the instance group; None on the main (all-cores) session.
         """
         if self.session is None:
             raise RuntimeError("model not loaded")
+        session = self.session if instance is None else self.instances[instance]
         options = self._release if release_memory else None
-        (probs,) = self.session.run([GRAPH_OUTPUT], {GRAPH_INPUT: patches}, options)
+        (probs,) = session.run([GRAPH_OUTPUT], {GRAPH_INPUT: patches}, options)
         return probs
 
     def release_memory(self) -> None:
         """Give back the arena's spare memory: a one-patch run that shrinks the arena at its end."""
         crop = self.metadata.preprocessing.crop_size
-        self.predict(np.zeros((1, crop, crop, 3), np.uint8), release_memory=True)
+        for instance in (None, *range(len(self.instances))):
+            self.predict(np.zeros((1, crop, crop, 3), np.uint8), release_memory=True, instance=instance)
 
     def close(self) -> None:
-        """Drop the session (ONNX Runtime frees its memory when the last reference goes)."""
+        """Drop the sessions (ONNX Runtime frees their memory when the last reference goes)."""
         self.session = None
+        self.instances = []

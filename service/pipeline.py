@@ -224,6 +224,7 @@ class PipelineConfig:
     max_batch_delay_ms: float
     max_queued: int  # 0: no limit
     concurrency: int
+    adaptive_instances: bool  # with an instance group: a lone batch on the all-cores session
     retry_after: int
 
 
@@ -259,9 +260,10 @@ class PipelineFactory:
         if c.batching:
             return BatchingRunner(model, self.metrics, max_batch=c.max_batch_patches,
                                   max_delay=c.max_batch_delay_ms / 1000, max_queued=c.max_queued,
-                                  concurrency=c.concurrency, retry_after=c.retry_after)
-        return ThreadRunner(model, self.metrics, concurrency=c.concurrency, max_queued=c.max_queued,
-                            retry_after=c.retry_after)
+                                  concurrency=c.concurrency, adaptive=c.adaptive_instances,
+                                  retry_after=c.retry_after)
+        return ThreadRunner(model, self.metrics, concurrency=c.concurrency, adaptive=c.adaptive_instances,
+                            max_queued=c.max_queued, retry_after=c.retry_after)
 
     def pipeline(self, model: ClassifierModel) -> Pipeline:
         """The model with a new (not yet started) runner: ``await pipeline.runner.start()`` before use."""

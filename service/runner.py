@@ -12,7 +12,8 @@ calls that version's `InferenceRunner` (``ServedVersion.runner``), made by `serv
   last bits of a float result), and it is the "batching off" line of the benchmark.
 
 Both bound their queue: beyond `max_queued` waiting requests, `infer` raises `Overloaded` (503 with
-Retry-After) instead of letting latency grow without limit.
+Retry-After) instead of letting latency grow without limit. Both run through `Instances`, which says which
+session of the version a run goes to (its instance group, when it has one).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 from service.errors import Overloaded
 from service.metrics import Metrics
 from service.model import ClassifierModel
+from service.session import physical_cores
 
 
 async def run_to_completion(fn: Callable[..., Any], *args: Any) -> Any:
@@ -54,6 +56,85 @@ async def run_to_completion(fn: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
+WIDE = -1  # a run on the model's main session (every core), holding every instance meanwhile
+
+
+class Instances:
+    """Where each model run goes, and how many run at once.
+
+    - One session (no instance group, the default): every run on it, `concurrency` at a time.
+    - An instance group of N sessions × T threads (`ClassifierModel.instances`, N × T ≤ cores): one run at a
+      time on each instance. With `adaptive`, a run that would be the only one — nothing else running, nothing
+      else waiting (the caller says) — goes to the main session with every core instead, and holds all N
+      instances until it is done. A lone request so keeps the latency of all cores, and load spreads over the
+      instances: never more threads than cores busy. `threads_busy`/`peak_threads` count them
+      (tests/test_instances.py), and ``alexnet_inference_runs_total{session}`` says where runs went.
+    """
+
+    def __init__(self, model: ClassifierModel, metrics: Metrics, *, concurrency: int, adaptive: bool) -> None:
+        self.model = model
+        self.metrics = metrics
+        self.group = len(model.instances)
+        self.adaptive = adaptive and self.group > 1
+        self.slots = self.group if self.group > 1 else concurrency
+        self._free = list(range(self.slots))
+        self._changed = asyncio.Condition()
+        self.threads_busy = 0
+        self.peak_threads = 0
+
+    @property
+    def busy(self) -> int:
+        return self.slots - len(self._free)
+
+    def free(self) -> bool:
+        return bool(self._free)
+
+    async def acquire(self) -> int:
+        """A free slot (waiting for one): an instance of the group, or one of the session's `concurrency`."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._free))
+            return self._free.pop()
+
+    def place(self, slot: int, *, alone: bool) -> int:
+        """Where the run holding `slot` goes: `WIDE` (every slot taken) when adaptive and it is alone."""
+        if self.adaptive and alone and len(self._free) == self.slots - 1:
+            self._free.clear()
+            slot = WIDE
+        self._count(slot, +1)
+        return slot
+
+    async def release(self, slot: int, *, counted: bool = True) -> None:
+        if counted:
+            self._count(slot, -1)
+        async with self._changed:
+            self._free = list(range(self.slots)) if slot == WIDE else [*self._free, slot]
+            self._changed.notify_all()
+
+    def instance(self, slot: int) -> int | None:
+        """The model's `predict(instance=...)` for a slot: None is the main session."""
+        return None if slot == WIDE or self.group <= 1 else slot
+
+    def _threads(self, slot: int) -> int:
+        runtime = self.model.runtime
+        if self.instance(slot) is not None:
+            return runtime.instance_threads
+        return runtime.intra_op_threads or physical_cores()
+
+    def _count(self, slot: int, sign: int) -> None:
+        self.threads_busy += sign * self._threads(slot)
+        self.peak_threads = max(self.peak_threads, self.threads_busy)
+        if sign > 0:
+            self.metrics.inference_runs.labels("main" if self.instance(slot) is None else "instance").inc()
+
+    def run(self, slot: int, patches: np.ndarray) -> np.ndarray:
+        """In a worker thread: one model run on the slot's session, timed."""
+        start = time.perf_counter()
+        probs = self.model.predict(patches, instance=self.instance(slot))
+        self.metrics.inference_time.observe(time.perf_counter() - start)
+        self.metrics.inference_batch.observe(len(patches))
+        return probs
+
+
 class InferenceRunner(abc.ABC):
     """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K], row for row."""
 
@@ -71,15 +152,14 @@ class InferenceRunner(abc.ABC):
 class ThreadRunner(InferenceRunner):
     """One model run per call, in a worker thread, `concurrency` at a time, `max_queued` waiting (0: unbounded)."""
 
-    def __init__(self, model: ClassifierModel, metrics: Metrics, *, concurrency: int, max_queued: int,
-                 retry_after: int) -> None:
+    def __init__(self, model: ClassifierModel, metrics: Metrics, *, concurrency: int, adaptive: bool,
+                 max_queued: int, retry_after: int) -> None:
         self.model = model
         self.metrics = metrics
-        self.concurrency = concurrency
+        self.instances = Instances(model, metrics, concurrency=concurrency, adaptive=adaptive)
         self.max_queued = max_queued
         self.retry_after = retry_after
-        self._slots = asyncio.Semaphore(concurrency)
-        self._threads = anyio.CapacityLimiter(concurrency)
+        self._threads = anyio.CapacityLimiter(self.instances.slots)
         self._waiting = 0
 
     @property
@@ -87,23 +167,19 @@ class ThreadRunner(InferenceRunner):
         return self._waiting
 
     async def infer(self, patches: np.ndarray) -> np.ndarray:
-        if self.max_queued and self._slots.locked() and self._waiting >= self.max_queued:
+        if self.max_queued and not self.instances.free() and self._waiting >= self.max_queued:
             raise Overloaded(
                 f"the model is busy: {self._waiting} requests are already waiting; retry shortly",
                 retry_after=self.retry_after, reason="overloaded")
         self._waiting += 1
         try:
-            await self._slots.acquire()
+            slot = await self.instances.acquire()
         finally:
             self._waiting -= 1
+        placed = False
         try:
-            return await anyio.to_thread.run_sync(self._run, patches, limiter=self._threads)
+            slot = self.instances.place(slot, alone=self._waiting == 0)
+            placed = True
+            return await anyio.to_thread.run_sync(self.instances.run, slot, patches, limiter=self._threads)
         finally:
-            self._slots.release()
-
-    def _run(self, patches: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
-        probs = self.model.predict(patches)
-        self.metrics.inference_time.observe(time.perf_counter() - start)
-        self.metrics.inference_batch.observe(len(patches))
-        return probs
+            await self.instances.release(slot, counted=placed)

@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,6 +242,17 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
     itself, with its intra-op thread pool, is opened here. `profile_prefix` turns ONNX Runtime's profiler on for
     the returned session (bench/profile.py).
     """
+    (session,), report = cpu_sessions(model, [intra_op_threads], elide=elide, config=config, tolerance=tolerance,
+                                      profile_prefix=profile_prefix, prepare=prepare)
+    return session, report
+
+
+def cpu_sessions(model: onnx.ModelProto | bytes | str | os.PathLike[str], thread_counts: Sequence[int], *,
+                 elide: bool = True, config: dict[str, str] | None = None, tolerance: float = 1e-5,
+                 profile_prefix: str | None = None, prepare: Prepare = run_here
+                 ) -> tuple[list[ort.InferenceSession], ElisionReport]:
+    """One CPU session per entry of `thread_counts` (its intra-op threads), all over the one graph prepared and
+    checked once (`cpu_session`): the sessions of an instance group (service/model.py)."""
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()
     elif isinstance(model, bytes):
@@ -250,16 +261,16 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
         with open(model, "rb") as fh:
             data = fh.read()
 
-    def open_session(graph: bytes) -> ort.InferenceSession:
-        options = session_options(intra_op_threads, config, profile_prefix=profile_prefix)
+    def open_session(graph: bytes, threads: int) -> ort.InferenceSession:
+        options = session_options(threads, config, profile_prefix=profile_prefix)
         options.log_severity_level = 3
         return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     prepared: PreparedGraph = prepare(prepare_cpu_graph, data, config, elide)
     if prepared.feeds is None:  # nothing rewritten
-        return open_session(data), prepared.report
+        return [open_session(data, t) for t in thread_counts], prepared.report
     try:
-        fast = open_session(prepared.data)
+        fast = open_session(prepared.data, thread_counts[0])
         got = fast.run(None, prepared.feeds)
         for w, g in zip(prepared.expected, got, strict=True):
             scale = max(float(np.max(np.abs(w))), 1e-12)
@@ -268,5 +279,26 @@ def cpu_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], intra_o
                                  f"{float(np.max(np.abs(w - g))) / scale:.3g})")
     except Exception as exc:
         log.warning("reorder elision not used: %s", exc)
-        return open_session(data), ElisionReport(fallback=str(exc))
-    return fast, prepared.report
+        return [open_session(data, t) for t in thread_counts], ElisionReport(fallback=str(exc))
+    return [fast] + [open_session(prepared.data, t) for t in thread_counts[1:]], prepared.report
+
+
+def physical_cores() -> int:
+    """The physical cores this process may run on: the CPUs of its affinity mask (a container's cpuset), counted
+    once per core (SMT siblings share one). What an instance group is sized by: two threads on the two hyperthreads
+    of one core run little faster than one. Falls back to the CPU count where the kernel does not say."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as fh:
+                core = fh.read().strip()
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id") as fh:
+                package = fh.read().strip()
+        except OSError:
+            return max(1, len(cpus))
+        cores.add((package, core))
+    return max(1, len(cores))

@@ -225,6 +225,17 @@ class Settings(BaseSettings):
     # -- concurrency --------------------------------------------------------------------------------------
     decode_threads: int = Field(0, ge=0, description="threads decoding images per worker; 0 = CPU count")
     inference_concurrency: int = Field(1, ge=1, description="model runs at the same time per worker")
+    instances: str = Field(
+        str(defaults.INSTANCES), pattern=r"^(auto|[1-9][0-9]*)$",
+        description="CPU instance group per model version: that many extra sessions of `instance_threads` "
+                    "threads, one run each at a time, sharing the version's batching queue; 'auto' = one per "
+                    "physical core (÷ workers); 1 = none (one session, `inference_concurrency` runs at a time). "
+                    "instances × instance_threads may not exceed the cores (docs/performance.md)")
+    instance_threads: int = Field(
+        0, ge=0, description="intra-op threads of each instance; 0 = cores ÷ instances")
+    adaptive_instances: bool = Field(
+        True, description="with instances: a batch that runs while nothing else runs or waits takes the "
+                          "all-cores session (a lone request's latency), the instances take the rest")
     max_queued_inferences: int = Field(
         64, ge=0, description="requests waiting for the model per worker before new ones get 503; 0 = no limit")
     batching: bool = Field(True, description="dynamic batching: gather the patches of concurrent requests into one "
@@ -311,6 +322,32 @@ class Settings(BaseSettings):
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) // self.workers)
 
+    def worker_cores(self) -> int:
+        """The physical cores one worker may use (service/session.py `physical_cores`, ÷ workers)."""
+        from service.session import physical_cores
+
+        return max(1, physical_cores() // self.workers)
+
+    def effective_instances(self) -> int:
+        return self.worker_cores() if self.instances == "auto" else int(self.instances)
+
+    def effective_instance_threads(self) -> int:
+        """Each instance's threads; 0 without an instance group."""
+        if self.effective_instances() <= 1:
+            return 0
+        return self.instance_threads or max(1, self.worker_cores() // self.effective_instances())
+
+    def check_instances(self) -> None:
+        """Refuse an instance group that asks for more threads than the cores (alexnet-serve calls it at start)."""
+        n, threads, cores = self.effective_instances(), self.effective_instance_threads(), self.worker_cores()
+        if n > 1 and n * threads > cores:
+            raise ValueError(f"ALEXNET_INSTANCES={n} × ALEXNET_INSTANCE_THREADS={threads} is {n * threads} threads, "
+                             f"more than the {cores} physical cores each worker has: lower one of them, or use "
+                             "ALEXNET_INSTANCES=auto")
+        if n > 1 and self.inference_concurrency > 1:
+            raise ValueError("ALEXNET_INFERENCE_CONCURRENCY applies to one session; with ALEXNET_INSTANCES > 1 each "
+                             "instance runs one batch at a time: leave ALEXNET_INFERENCE_CONCURRENCY at 1")
+
     def effective_decode_threads(self) -> int:
         return self.decode_threads or max(1, os.cpu_count() or 1)
 
@@ -326,7 +363,7 @@ class Settings(BaseSettings):
             decode_threads=self.effective_decode_threads(), batching=self.batching,
             max_batch_patches=self.max_batch_patches, max_batch_delay_ms=self.max_batch_delay_ms,
             max_queued=self.max_queued_inferences, concurrency=self.inference_concurrency,
-            retry_after=self.retry_after_seconds)
+            adaptive_instances=self.adaptive_instances, retry_after=self.retry_after_seconds)
 
     def to_env(self) -> dict[str, str]:
         """The settings as ALEXNET_* variables, so uvicorn's worker processes rebuild the same object."""

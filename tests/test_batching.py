@@ -33,16 +33,18 @@ class RecordingModel:
     def __init__(self, model: ClassifierModel, gate: threading.Event | None = None) -> None:
         self.model = model
         self.metadata = model.metadata
+        self.runtime = model.runtime
+        self.instances = model.instances
         self.batches: list[int] = []
         self.gate = gate
         self.entered = threading.Event()
 
-    def predict(self, patches: np.ndarray, *, release_memory: bool = False) -> np.ndarray:
+    def predict(self, patches: np.ndarray, *, release_memory: bool = False, instance: int | None = None) -> np.ndarray:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(30)
         self.batches.append(len(patches))
-        return self.model.predict(patches, release_memory=release_memory)
+        return self.model.predict(patches, release_memory=release_memory, instance=instance)
 
 
 
@@ -73,7 +75,7 @@ def test_rows_go_back_to_their_request_and_max_batch_holds(loaded_model):
 
     async def scenario():
         runner = await started(BatchingRunner(recorder, metrics, max_batch=16, max_delay=0.2, max_queued=0,
-                                              concurrency=1, retry_after=1))
+                                              concurrency=1, adaptive=False, retry_after=1))
         try:
             return await asyncio.gather(*(runner.infer(x) for x in inputs))
         finally:
@@ -97,7 +99,7 @@ def test_max_delay_flushes_a_lone_request(loaded_model):
 
     async def scenario():
         runner = await started(BatchingRunner(recorder, metrics, max_batch=1000, max_delay=0.05, max_queued=0,
-                                              concurrency=1, retry_after=1))
+                                              concurrency=1, adaptive=False, retry_after=1))
         try:
             return await asyncio.wait_for(runner.infer(x), 30)
         finally:
@@ -116,7 +118,7 @@ def test_full_queue_overloads_then_recovers_and_cancelled_requests_are_skipped(l
 
     async def scenario():
         runner = await started(BatchingRunner(recorder, Metrics(), max_batch=4, max_delay=0, max_queued=2,
-                                              concurrency=1, retry_after=7))
+                                              concurrency=1, adaptive=False, retry_after=7))
         try:
             running = asyncio.create_task(runner.infer(xs[0]))
             while not recorder.entered.is_set():  # the first run holds the only slot
@@ -150,7 +152,7 @@ def test_shutdown_fails_queued_requests_and_finishes_the_running_batch(loaded_mo
 
     async def scenario():
         runner = await started(BatchingRunner(recorder, Metrics(), max_batch=1, max_delay=0, max_queued=0,
-                                              concurrency=1, retry_after=1))
+                                              concurrency=1, adaptive=False, retry_after=1))
         running = asyncio.create_task(runner.infer(xs[0]))
         while not recorder.entered.is_set():
             await asyncio.sleep(0.01)
@@ -225,7 +227,8 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
                             max_batch_delay_ms=0)
     app = create_app(settings, loader=reuse(loaded_model),
                      runner_factory=lambda m, metrics, s: BatchingRunner(recorder, metrics, max_batch=10, max_delay=0,
-                                                                         max_queued=1, retry_after=4, concurrency=1))
+                                                                         max_queued=1, retry_after=4, concurrency=1,
+                                                                         adaptive=False))
     data = jpeg(320, 240, 0)
     with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
         wait_ready(c)
@@ -249,18 +252,18 @@ def test_full_queue_is_503_with_retry_after_and_the_service_keeps_serving(export
 
 def test_a_failed_run_fails_its_requests_and_the_runner_keeps_serving(loaded_model):
     class FailsSecondRun(RecordingModel):
-        def predict(self, patches, *, release_memory=False):
+        def predict(self, patches, *, release_memory=False, instance=None):
             if len(self.batches) == 1:
                 self.batches.append(-1)
                 raise RuntimeError("out of memory")
-            return super().predict(patches)
+            return super().predict(patches, instance=instance)
 
     recorder = FailsSecondRun(loaded_model)
     big, small = random_patches(5, 1), random_patches(1, 2)
 
     async def scenario():
         runner = await started(BatchingRunner(recorder, Metrics(), max_batch=2, max_delay=0, max_queued=0,
-                                              concurrency=1, retry_after=1))
+                                              concurrency=1, adaptive=False, retry_after=1))
         try:
             with pytest.raises(RuntimeError, match="out of memory"):  # chunks [2, 2, 1]; the second run fails
                 await runner.infer(big)

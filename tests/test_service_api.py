@@ -363,14 +363,18 @@ def test_runner_seam_and_overload_503(exported, loaded_model):
 
 def test_thread_runner_bounds_its_queue():
     from service.metrics import Metrics
+    from service.model import RuntimeOptions
 
     class Slow:
-        def predict(self, patches, *, release_memory=False):
+        instances = ()
+        runtime = RuntimeOptions()
+
+        def predict(self, patches, *, release_memory=False, instance=None):
             time.sleep(0.3)
             return np.zeros((len(patches), 10), np.float32)
 
     async def scenario():
-        runner = ThreadRunner(Slow(), Metrics(), concurrency=1, max_queued=1, retry_after=1)
+        runner = ThreadRunner(Slow(), Metrics(), concurrency=1, adaptive=False, max_queued=1, retry_after=1)
         x = np.zeros((1, 224, 224, 3), np.uint8)
         results = await asyncio.gather(*(runner.infer(x) for _ in range(3)), return_exceptions=True)
         assert sum(isinstance(r, np.ndarray) for r in results) == 2
