@@ -17,17 +17,21 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI
 
+from service import logs
 from service.app_state import RunnerFactory, ServiceState
 from service.error_handlers import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
+from service.observability import RequestMiddleware
 from service.openapi import install_openapi
 from service.pipeline import ModelLoader
 from service.routes import ROUTERS
 from service.server_info import VERSION
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +59,15 @@ TAGS = [
 ]
 
 
-def _configure_logging(level: str) -> None:
-    """Give the service's loggers a handler like uvicorn's (uvicorn configures only its own loggers)."""
-    logger = logging.getLogger("service")
-    logger.setLevel("DEBUG" if level == "trace" else level.upper())
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-
-
 def create_app(settings: Settings | None = None, *, loader: ModelLoader | None = None,
-               runner_factory: RunnerFactory | None = None) -> FastAPI:
+               runner_factory: RunnerFactory | None = None, span_exporter: Any = None) -> FastAPI:
     """Build the app. `loader` (version → loaded ClassifierModel) and `runner_factory` let tests and embedders
-    inject their own."""
+    inject their own; `span_exporter` (with tracing on) receives the spans instead of OTLP/HTTP."""
     settings = settings if settings is not None else Settings()
-    _configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)  # uvicorn configures only its own loggers
     metrics_ = Metrics()
-    state = ServiceState(settings, metrics_, loader=loader, runner_factory=runner_factory)
+    tracing = Tracing.from_settings(settings, span_exporter)  # imports OpenTelemetry only when it is on
+    state = ServiceState(settings, metrics_, loader=loader, runner_factory=runner_factory, tracing=tracing)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -92,6 +87,10 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
+    app.add_middleware(RequestMiddleware, sticky_header=settings.traffic_sticky_header, tracing=tracing,
+                       log_requests=settings.access_log)  # outside the metrics: ids and logs cover all
     for router in ROUTERS:
         app.include_router(router)
+    if tracing is not None:
+        tracing.instrument(app)
     return app

@@ -29,6 +29,8 @@ from service.repository import ModelRepository, trim_heap
 from service.runner import InferenceRunner, run_to_completion
 from service.session import low_priority
 from service.settings import Settings
+from service.shadow import Shadows
+from service.tracing import Tracing
 from service.uploads import UploadLimits
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ LOAD_FAILURE_EXIT_CODE = 3  # uvicorn's STARTUP_FAILURE: its supervisor stops in
 
 class ServiceState:
     def __init__(self, settings: Settings, metrics: Metrics, *, loader: ModelLoader | None = None,
-                 runner_factory: RunnerFactory | None = None) -> None:
+                 runner_factory: RunnerFactory | None = None, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.metrics = metrics
         self.upload_limits = UploadLimits(max_file_bytes=settings.max_file_bytes,
                                           max_request_bytes=settings.max_request_bytes,
@@ -52,7 +55,7 @@ class ServiceState:
         self.repository = ModelRepository(
             ModelStore(settings.model_store), self.factory, metrics=metrics, models=settings.models,
             policies=settings.policies, poll_seconds=settings.repository_poll_seconds,
-            retry_after=settings.retry_after_seconds)
+            retry_after=settings.retry_after_seconds, traffic=settings.traffic_rules())
         self.requested_providers = resolve_providers(settings.provider_request)
         self.api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None
         self._reclaimer: asyncio.Task[None] | None = None
@@ -60,7 +63,9 @@ class ServiceState:
         self.admission = Admission(max_bytes=settings.max_inflight_bytes or max_bytes,
                                    max_images=settings.max_inflight_images or max_images,
                                    retry_after=settings.retry_after_seconds, metrics=metrics)
-        self.dataplane = DataPlane(self.repository, self.admission, metrics)
+        self.shadows = Shadows(self.repository, self.admission, metrics, max_inflight=settings.shadow_max_inflight,
+                               tracing=tracing)
+        self.dataplane = DataPlane(self.repository, self.admission, metrics, self.shadows)
 
     async def start(self) -> None:
         """Load what the version policies select; with `exit_on_load_failure`, exit if a model has no version."""
@@ -105,7 +110,10 @@ class ServiceState:
             self._reclaimer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reclaimer
+        await self.shadows.stop()
         await self.repository.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         self.metrics.worker_exit()
 
     def require_ready(self) -> None:

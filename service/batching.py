@@ -38,6 +38,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from service import requestctx
 from service.errors import Overloaded, ServiceUnavailable
 from service.metrics import Metrics
 from service.model import ClassifierModel
@@ -61,6 +62,8 @@ class _Chunk:
     future: asyncio.Future[np.ndarray]
     request: _Request
     enqueued: float = field(default_factory=time.perf_counter)
+    dispatched: float = 0.0  # when it went into a batch
+    batch: tuple[int, int] = (0, 0)  # that batch's patches and requests
 
 
 class BatchingRunner(InferenceRunner):
@@ -135,6 +138,9 @@ class BatchingRunner(InferenceRunner):
                 if not chunk.future.cancel() and not chunk.future.cancelled():
                     chunk.future.exception()  # already failed too: consumed, so asyncio does not warn about it
             raise
+        first = chunks[0]
+        requestctx.note_run(first.enqueued, first.dispatched, time.perf_counter(), patches=first.batch[0],
+                            requests=first.batch[1])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # -- the dispatcher -----------------------------------------------------------------------------------
@@ -202,6 +208,7 @@ class BatchingRunner(InferenceRunner):
                 continue
             batch.append(chunk)
             size += len(chunk.patches)
+            chunk.dispatched = now
             self.metrics.queue_wait.observe(now - chunk.enqueued)
         return batch
 
@@ -220,6 +227,7 @@ class BatchingRunner(InferenceRunner):
             offset = 0
             for chunk in batch:
                 n = len(chunk.patches)
+                chunk.batch = (len(probs), len(batch))
                 if not chunk.future.done():
                     chunk.future.set_result(probs[offset:offset + n])
                 offset += n

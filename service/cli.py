@@ -44,7 +44,7 @@ class CliError(Exception):
 # The settings alexnet-serve takes as flags; every other one is an ALEXNET_* variable (docs/api.md). Help texts
 # and defaults come from the settings' own fields, so they are written once.
 FLAGS = ("model_store", "models", "version_policy", "repository_poll_seconds", "host", "port", "workers",
-         "providers", "intra_op_threads", "api_keys_file", "log_level")
+         "providers", "intra_op_threads", "api_keys_file", "log_level", "log_format")
 
 
 def _default(name: str) -> str:
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 f"(env {ENV_PREFIX}{name.upper()}; default {_default(name)})"}
         if name == "log_level":
             kwargs["choices"] = list(LogLevel.__args__)
+        elif name == "log_format":
+            kwargs["choices"] = ["text", "json"]
         elif field.annotation in (int, float):
             kwargs["type"] = field.annotation
         elif name in ("model_store", "api_keys_file"):
@@ -169,16 +171,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     made_dir = _multiprocess_dir(settings.workers)
     poll = f"every {settings.repository_poll_seconds:g} s" if settings.repository_poll_seconds else "off"
     auth = f"API keys from {settings.api_keys_file}" if settings.api_keys_file else "no authentication"
-    print(f"{PROG}: serving {', '.join(names)} from {settings.model_store} (versions: {settings.version_policy}; "
-          f"polling {poll}) on http://{settings.host}:{settings.port} with {settings.workers} worker(s), providers "
-          f"{','.join(settings.providers)}, {auth}", file=sys.stderr, flush=True)
+    banner = (f"serving {', '.join(names)} from {settings.model_store} (versions: {settings.version_policy}; "
+              f"polling {poll}) on http://{settings.host}:{settings.port} with {settings.workers} worker(s), "
+              f"providers {','.join(settings.providers)}, {auth}")
+    from service.logs import JsonFormatter, uvicorn_log_config
+
+    if settings.log_format == "json":  # every line JSON, this one too
+        import logging
+
+        banner = JsonFormatter().format(logging.LogRecord(PROG, logging.INFO, __file__, 0, banner, None, None))
+        print(banner, file=sys.stderr, flush=True)
+    else:
+        print(f"{PROG}: {banner}", file=sys.stderr, flush=True)
 
     import uvicorn
 
     try:
+        # uvicorn's access log is replaced by the service's request line (service/logs.py, ALEXNET_ACCESS_LOG)
         uvicorn.run(
             "service.app:create_app", factory=True, host=settings.host, port=settings.port,
-            workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log,
+            workers=settings.workers, log_level=settings.log_level, access_log=False,
+            log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
             timeout_graceful_shutdown=settings.drain_seconds,
         )
     finally:

@@ -5,15 +5,23 @@ format into `Inputs` and encodes the `Answer` back; everything between is here, 
 /predict`` (service/routes/predict.py) and the Open Inference Protocol's ``infer`` (service/routes/v2.py):
 
 1. an **admission ticket** for the bytes the request declares (503 at once when too much is in flight);
-2. a **lease** on the model version asked for (or the model's default), held until the answer is computed, so a
-   rollover lets the request finish on the version it started on;
+2. a **lease** on the model version asked for, or, when the request names none, the one its model's traffic
+   split routes it to (service/traffic.py: by weight, keyed by the sticky header or the request id), else the
+   model's default; held until the answer is computed, so a rollover lets the request finish on the version it
+   started on;
 3. the transport's **reader** turns the body into `Inputs` (images, crop scheme, top-k); a file that the reader
    refuses (too large, too many) is counted in ``alexnet_images_rejected_total`` like a file that fails to decode;
 4. the **rules**: ``top_k`` between 1 and the model's classes, the **crop scheme** defaulting to the model's own
    (its metadata's ``preprocessing.crops``), the images charged to the ticket before any is decoded;
 5. the version's `Pipeline` (decode → patches → batch → run → average → top-k);
 6. **all or nothing**: the first image that could not be used, in request order, fails the request, named the
-   way the transport names its images (``file 'cat.jpg'``, ``inputs[0] element 3``).
+   way the transport names its images (``file 'cat.jpg'``, ``inputs[0] element 3``);
+7. **shadow copies**: a routed request that answered is copied to the model's shadow versions that its id
+   selects (service/shadow.py: run after the answer, never failing it, shed first under load).
+
+Each request is counted and timed per version (``alexnet_version_requests_total{model, version, code}``,
+``alexnet_version_request_duration_seconds``), and its model, version, routing, crop scheme, images and step
+timings are noted on its `service.requestctx.RequestRecord` (its log line and trace).
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from alexnet_store.vocabulary import CropScheme
+from service import requestctx
 from service.admission import Admission, Ticket
 from service.errors import ImageRejected, ServiceError, Unprocessable
 from service.metrics import Metrics
 from service.pipeline import Pipeline, PipelineResult
 from service.repository import ModelRepository
+from service.shadow import Shadows
 
 # Reasons that are about one file (counted in images_rejected), not about the request as a whole.
 FILE_REASONS = frozenset({"too_large", "too_many_files", "empty", "unsupported", "too_many_pixels", "corrupt"})
@@ -58,10 +68,12 @@ Reader = Callable[[Pipeline, Ticket], Awaitable[Inputs]]
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, admission: Admission, metrics: Metrics) -> None:
+    def __init__(self, repository: ModelRepository, admission: Admission, metrics: Metrics,
+                 shadows: Shadows | None = None) -> None:
         self.repository = repository
         self.admission = admission
         self.metrics = metrics
+        self.shadows = shadows
 
     @staticmethod
     def check_top_k(pipeline: Pipeline, top_k: int, field: str) -> None:
@@ -72,25 +84,79 @@ class DataPlane:
     async def infer(self, model: str | None, version: int | None, declared_bytes: int | None,
                     read: Reader) -> Answer:
         start = time.perf_counter()
+        record = requestctx.current()
+        if record is not None and record.sticky_key:
+            key, sticky = record.sticky_key, True
+        else:
+            key, sticky = (record.request_id if record is not None else requestctx.new_request_id()), False
         with self.admission.ticket(declared_bytes) as ticket:
-            async with self.repository.lease(model, version) as served:
-                pipeline = served.pipeline
-                try:
-                    inputs = await read(pipeline, ticket)
-                except ServiceError as exc:
-                    reason = exc.extra.get("reason")
-                    if reason in FILE_REASONS:
-                        self.metrics.images_rejected.labels(reason).inc()
-                    raise
-                if inputs.top_k:
-                    self.check_top_k(pipeline, inputs.top_k, inputs.top_k_field)
-                read_seconds = time.perf_counter() - start
-                self.metrics.request_images.observe(len(inputs.images))
-                ticket.charge_images(len(inputs.images))
-                scheme = inputs.crops or pipeline.preprocessing.crops
-                result = await pipeline(inputs.images, schemes=(scheme,), top_k=inputs.top_k)
+            route = self.repository.route(model, version, key, sticky=sticky)
+            served = route.served
+            name, number = served.entry.name, served.entry.version
+            if record is not None:
+                record.model, record.version, record.routing = name, number, route.how
+            code = 500
+            try:
+                async with self.repository.hold(served):
+                    answer = await self._run(served.pipeline, ticket, read, start, record)
+                code = 200
+            except ServiceError as exc:
+                code = exc.status
+                raise
+            finally:
+                self.metrics.version_requests.labels(name, str(number), str(code)).inc()
+                self.metrics.version_latency.labels(name, str(number)).observe(time.perf_counter() - start)
+        if self.shadows is not None and route.how != "explicit":
+            rule = self.repository.traffic.rule(name)
+            versions = rule.shadows(name, record.request_id if record is not None else key, number) \
+                if rule.shadow else []
+            if versions:
+                top1 = [int(image.schemes[answer.scheme].probabilities.argmax()) for image in answer.result.images]
+                started = self.shadows.mirror(name, versions, answer.inputs.images, answer.scheme, top1)
+                if record is not None:
+                    record.shadows = started
+        return answer
+
+    async def _run(self, pipeline: Pipeline, ticket: Ticket, read: Reader, start: float,
+                   record: requestctx.RequestRecord | None) -> Answer:
+        try:
+            inputs = await read(pipeline, ticket)
+        except ServiceError as exc:
+            reason = exc.extra.get("reason")
+            if reason in FILE_REASONS:
+                self.metrics.images_rejected.labels(reason).inc()
+            raise
+        if inputs.top_k:
+            self.check_top_k(pipeline, inputs.top_k, inputs.top_k_field)
+        read_end = time.perf_counter()
+        read_seconds = read_end - start
+        self.metrics.request_images.observe(len(inputs.images))
+        ticket.charge_images(len(inputs.images))
+        scheme = inputs.crops or pipeline.preprocessing.crops
+        if record is not None:
+            record.crops, record.images = scheme, len(inputs.images)
+            record.step("read", start, read_end)
+        called = time.perf_counter()
+        result = await pipeline(inputs.images, schemes=(scheme,), top_k=inputs.top_k)
+        if record is not None:
+            note_steps(record, called, result)
         bad = result.first_error()
         if bad is not None:  # the first bad image in request order fails the request
             filename = inputs.filenames[bad.position] if inputs.filenames else None
             raise ImageRejected(inputs.names[bad.position], bad.error, filename=filename)
         return Answer(pipeline, inputs, scheme, result, read_seconds)
+
+
+def note_steps(record: requestctx.RequestRecord, called: float, result: PipelineResult) -> None:
+    """The pipeline's steps on the request's record: preprocess, queue (the runner's note, when its patches waited
+    for a batch), inference (the run, and any wait between a split request's runs), postprocess."""
+    preprocessed = called + result.preprocess_seconds
+    inferred = preprocessed + result.inference_seconds
+    record.step("preprocess", called, preprocessed)
+    if result.inference_seconds > 0 or "queue" in record.steps:
+        queue = record.steps.get("queue")
+        run_start = min(max(queue[1], preprocessed), inferred) if queue else preprocessed
+        if queue:
+            record.step("queue", max(queue[0], preprocessed), run_start)
+        record.step("inference", run_start, inferred)
+    record.step("postprocess", inferred, inferred + result.postprocess_seconds)

@@ -8,6 +8,9 @@ Two body shapes, chosen by the path alone:
 FastAPI's request validation errors become 422 with a one-line detail ("query parameter 'top_k': ...") and,
 on the own routes, the raw list under ``errors``. Anything unexpected is a 500 with a generic message; the
 traceback goes to the log, not to the client.
+
+Every error answer carries the request's ``X-Request-ID`` (the 500 too, which Starlette answers outside the
+request middleware), and its detail goes on the request's record, so the request's log line says why it failed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import requestctx
 from service.errors import ServiceError
 from service.preprocess import ImageError
 
@@ -36,6 +40,12 @@ def is_v2(request: Request) -> bool:
 def error_response(request: Request, status: int, detail: str, headers: dict[str, str] | None = None,
                    **extra: Any) -> JSONResponse:
     body = {"error": detail} if is_v2(request) else {"detail": detail, **extra}
+    record = requestctx.current()
+    if record is not None:
+        record.error, record.reason = detail, extra.get("reason")
+    request_id = request.scope.get("state", {}).get("request_id")  # set by service/observability.py
+    if request_id:
+        headers = {**(headers or {}), requestctx.REQUEST_ID_HEADER: request_id}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -108,6 +108,24 @@ class Metrics:
             "pipeline_step_seconds", "Time of each pipeline step per call: preprocess (decode and cut all images), "
             "predict (wait for and run the model), postprocess (average and top-k).",
             ["model", "step"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS, registry=r)
+        # per version, so a canary is judged from /metrics alone (service/dataplane.py, service/shadow.py)
+        self.version_requests = Counter(
+            "version_requests", "Inference requests answered by each model version, by HTTP status code (a "
+            "request that names no version counts for the version its model's traffic split gave it).",
+            ["model", "version", "code"], namespace=NAMESPACE, registry=r)
+        self.version_latency = Histogram(
+            "version_request_duration_seconds", "Time from a request's admission to its answer (or error), per "
+            "model version.", ["model", "version"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS, registry=r)
+        self.shadow_requests = Counter(
+            "shadow_requests", "Shadow copies of requests, by shadow version and outcome: ok, error (its failure, "
+            "never the client's), shed (not started, or given way, under load).",
+            ["model", "version", "outcome"], namespace=NAMESPACE, registry=r)
+        self.shadow_top1 = Counter(
+            "shadow_top1", "Images a shadow version classified, by whether its top-1 class agreed with the answer "
+            "the client got (agree: true or false).", ["model", "version", "agree"], namespace=NAMESPACE, registry=r)
+        self.shadow_duration = Histogram(
+            "shadow_duration_seconds", "Time of a shadow copy that ran (its decode, queue and model run).",
+            ["model", "version"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS, registry=r)
 
     def exposition(self) -> tuple[bytes, str]:
         if self.multiprocess:

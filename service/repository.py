@@ -21,6 +21,9 @@ What it does, in Triton's vocabulary (its model repository and model-control mod
   a broken version costs one attempt, not one per poll.
 - Requests **lease** a version for their whole life (`lease`), so "finish on the old version" holds whatever
   the transport: the lease is what retirement waits for.
+- **Traffic control** (service/traffic.py): a request that names no version is routed by its model's split
+  (weights over loaded versions, sticky by key) when it has one, else to the default version (`route`). A
+  version of the split that is not loaded takes nothing, so a rollover under a split loses no request either.
 
 Model-control calls and polls are serialised per model (one asyncio lock each); loading runs in a worker
 thread, one load at a time (so the memory each one adds can be measured and a burst of new versions cannot
@@ -48,6 +51,7 @@ from service.metrics import Metrics
 from service.model import ClassifierModel
 from service.pipeline import Pipeline, PipelineFactory
 from service.runner import InferenceRunner, run_to_completion
+from service.traffic import Rule, Traffic
 from service.version_policy import Policies
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,15 @@ class VersionStatus:
     default: bool = False
 
 
+@dataclass(frozen=True)
+class Route:
+    """The version a request was given, and how it was chosen: explicit (the request named it), split (by the
+    model's split, keyed by the request id), sticky (by the split, keyed by the sticky header) or default."""
+
+    served: ServedVersion
+    how: Literal["explicit", "split", "sticky", "default"]
+
+
 @dataclass
 class _Record:
     state: State
@@ -125,7 +138,7 @@ def folder_signature(path: Path) -> tuple:
 
 class ModelRepository:
     def __init__(self, store: ModelStore, factory: PipelineFactory, *, metrics: Metrics, models: Sequence[str],
-                 policies: Policies, poll_seconds: float, retry_after: int) -> None:
+                 policies: Policies, poll_seconds: float, retry_after: int, traffic: Traffic | None = None) -> None:
         self.store = store
         self.factory = factory
         self.metrics = metrics
@@ -134,6 +147,7 @@ class ModelRepository:
         self.poll_seconds = poll_seconds
         self.retry_after = retry_after
         self.served: dict[str, dict[int, ServedVersion]] = {}
+        self.traffic = traffic if traffic is not None else Traffic()
         self.records: dict[tuple[str, int], _Record] = {}
         self.unloaded: set[str] = set()  # models unloaded through the control API: polling leaves them alone
         self.started = False  # the first sync has finished
@@ -226,16 +240,49 @@ class ModelRepository:
                            reason="unknown_model")
 
     # -- leasing a version for one request ------------------------------------------------------------------
+    def model_name(self, name: str | None) -> str:
+        """The model a request means: the one it names, or the only one served when it names none."""
+        if name is not None:
+            return name
+        candidates = self.wanted() or sorted(self.served)
+        if len(candidates) != 1:
+            if not candidates:
+                raise NotReady(self.not_ready_reason(), retry_after=self.retry_after,
+                               reason="loading" if not self.started else "no_model")
+            raise Unprocessable(f"this service serves several models ({', '.join(candidates)}): choose one "
+                                "with the 'model' parameter", reason="model")
+        return candidates[0]
+
+    def route(self, name: str | None, version: int | None, key: str | None = None, *,
+              sticky: bool = False) -> Route:
+        """The version for a request: the one it names; else, by the model's split, the one its `key` falls on
+        (`sticky`: the key is the sticky header's, not the request id); else the default version."""
+        if version is not None or key is None:
+            return Route(self.resolve(name, version), "explicit" if version is not None else "default")
+        name = self.model_name(name)
+        rule = self.traffic.rule(name)
+        chosen = rule.choose(name, key, self.served.get(name, {})) if rule.split else None
+        if chosen is None:
+            return Route(self.resolve(name, None), "default")
+        return Route(self.served[name][chosen], "sticky" if sticky else "split")
+
+    def set_traffic(self, name: str, rule: Rule) -> None:
+        """Replace a model's rule at runtime; every version it names must be loaded now (a typo is refused, not
+        silently given no traffic)."""
+        self.require_known(name)
+        loaded = self.served.get(name, {})
+        missing = sorted(v for v in rule.versions if v not in loaded)
+        if missing:
+            raise Unprocessable(f"model {name!r}: version{'s' if len(missing) > 1 else ''} "
+                                f"{', '.join(map(str, missing))} {'are' if len(missing) > 1 else 'is'} not loaded "
+                                f"(loaded: {sorted(loaded) or 'none'}); load a version before sending it traffic",
+                                reason="traffic")
+        self.traffic.set(name, rule)
+        log.info("traffic for model %s: split %s, shadow %s", name, rule.to_dict()["split"] or "none (default "
+                 "version)", rule.to_dict()["shadow"] or "none")
+
     def resolve(self, name: str | None, version: int | None) -> ServedVersion:
-        if name is None:
-            candidates = self.wanted() or sorted(self.served)
-            if len(candidates) != 1:
-                if not candidates:
-                    raise NotReady(self.not_ready_reason(), retry_after=self.retry_after,
-                                   reason="loading" if not self.started else "no_model")
-                raise Unprocessable(f"this service serves several models ({', '.join(candidates)}): choose one "
-                                    "with the 'model' parameter", reason="model")
-            name = candidates[0]
+        name = self.model_name(name)
         versions = self.served.get(name, {})
         if version is None:
             served = self.default_version(name)
@@ -264,7 +311,12 @@ class ModelRepository:
     @contextlib.asynccontextmanager
     async def lease(self, name: str | None, version: int | None) -> AsyncIterator[ServedVersion]:
         """Hold a version for one request: it is not released until every lease on it has ended."""
-        served = self.resolve(name, version)
+        async with self.hold(self.resolve(name, version)) as served:
+            yield served
+
+    @contextlib.asynccontextmanager
+    async def hold(self, served: ServedVersion) -> AsyncIterator[ServedVersion]:
+        """Lease a version already chosen (`route`)."""
         served.leases += 1
         served.idle.clear()
         try:

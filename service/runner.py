@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from service import requestctx
 from service.errors import Overloaded
 from service.metrics import Metrics
 from service.model import ClassifierModel
@@ -172,6 +173,7 @@ class ThreadRunner(InferenceRunner):
                 f"the model is busy: {self._waiting} requests are already waiting; retry shortly",
                 retry_after=self.retry_after, reason="overloaded")
         self._waiting += 1
+        enqueued = time.perf_counter()
         try:
             slot = await self.instances.acquire()
         finally:
@@ -180,6 +182,9 @@ class ThreadRunner(InferenceRunner):
         try:
             slot = self.instances.place(slot, alone=self._waiting == 0)
             placed = True
-            return await anyio.to_thread.run_sync(self.instances.run, slot, patches, limiter=self._threads)
+            started = time.perf_counter()
+            probs = await anyio.to_thread.run_sync(self.instances.run, slot, patches, limiter=self._threads)
+            requestctx.note_run(enqueued, started, time.perf_counter(), patches=len(patches), requests=1)
+            return probs
         finally:
             await self.instances.release(slot, counted=placed)

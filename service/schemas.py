@@ -227,3 +227,29 @@ class InferResponseBody(_Base):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[InferTensor]
+
+
+class TrafficRule(_Base):
+    """A model's traffic rule, as ``POST /v2/repository/models/{name}/traffic`` takes it (service/traffic.py)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"split": {"3": 90, "4": 10}, "shadow": {"5": 25}}]})
+
+    split: dict[int, float] = Field(
+        default_factory=dict, description="version → weight (relative, at least one above 0) for the requests that "
+                                          "name no version; empty: every one to the default version")
+    shadow: dict[int, float] = Field(
+        default_factory=dict, description="version → percent (above 0, at most 100) of those requests that are also "
+                                          "run on it, the answer discarded after its top-1 is compared")
+
+
+class TrafficState(_Base):
+    name: str = Field(examples=["alexnet"])
+    split: dict[str, float] = Field(description="the split as set (version → weight)", examples=[{"3": 90, "4": 10}])
+    shadow: dict[str, float] = Field(description="the shadows as set (version → percent)", examples=[{"5": 25}])
+    effective: dict[str, float] = Field(
+        description="the split over the versions loaded now, as fractions summing to 1; empty: the default version "
+                    "answers", examples=[{"3": 0.9, "4": 0.1}])
+    default: int | None = Field(description="the model's default version (its newest loaded one)", examples=[4])
+    sticky_header: str | None = Field(
+        description="the request header whose value picks the split's version (ALEXNET_TRAFFIC_STICKY_HEADER); "
+                    "null: the request id", examples=["X-User-ID"])

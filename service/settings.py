@@ -31,6 +31,7 @@ from pydantic_settings import (
 
 from alexnet_store.store import StoreError, validate_name
 from service import defaults
+from service.traffic import Traffic, parse_table
 from service.version_policy import Policies, VersionPolicy
 
 if TYPE_CHECKING:
@@ -193,7 +194,37 @@ class Settings(BaseSettings):
         30, ge=0, description="on SIGTERM, how long requests in flight may take to finish before the process "
                               "exits (uvicorn's graceful-shutdown timeout); orchestrators must wait longer "
                               "(compose's stop_grace_period, Kubernetes' terminationGracePeriodSeconds)")
-    access_log: bool = True
+    access_log: bool = Field(True, description="one log line per request (service/logs.py; it replaces "
+                                               "uvicorn's access log)")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'text' (uvicorn's layout) or 'json' (one JSON object per line: the container images' "
+                            "choice); every line about a request carries its request id and trace id")
+
+    # -- tracing (service/tracing.py) ---------------------------------------------------------------------------
+    tracing: bool = Field(False, description="OpenTelemetry traces: a span per inference request with child spans "
+                                             "for its steps and batch, exported over OTLP/HTTP")
+    tracing_endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces", pattern=r"^https?://\S+$",
+        description="where spans are sent: an OTLP/HTTP (protobuf) traces endpoint, e.g. an OpenTelemetry "
+                    "Collector's")
+    tracing_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of requests traced when the client's traceparent does not decide "
+                                     "(a sampled client trace is always followed)")
+
+    # -- traffic control (service/traffic.py) --------------------------------------------------------------------
+    traffic: str = Field(
+        "", description="per model, a split of the requests that name no version over its loaded versions, by "
+                        "weight: 'alexnet=3:90,4:10; digits=1:1,2:1'; empty = the default version")
+    shadow: str = Field(
+        "", description="per model, versions that get a copy of a share (percent) of the requests the split routes: "
+                        "'alexnet=5:25'; their answers are compared with the primary's and discarded")
+    traffic_sticky_header: str = Field(
+        "", pattern=r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+)?$",
+        description="a request header (e.g. X-User-ID) whose value picks the split's version, the same one for "
+                    "as long as the weights stay; empty = the request id picks")
+    shadow_max_inflight: int = Field(
+        4, ge=1, description="shadow copies running at once per worker; beyond, and when the service is busy, "
+                             "copies are dropped (shed) first")
 
     # -- authentication (service/auth.py) ----------------------------------------------------------------------
     api_keys_file: Path | None = Field(
@@ -289,6 +320,16 @@ class Settings(BaseSettings):
     @property
     def policies(self) -> Policies:
         return Policies.parse(self.version_policy)
+
+    @field_validator("traffic", "shadow")
+    @classmethod
+    def _check_traffic(cls, value: str, info: Any) -> str:
+        parse_table(value, env_name(info.field_name), share=info.field_name == "shadow")
+        return value
+
+    def traffic_rules(self) -> Traffic:
+        """The traffic split and shadows to start with (service/traffic.py); the control API changes them."""
+        return Traffic.parse(self.traffic, self.shadow)
 
     @field_validator("providers", mode="before")
     @classmethod

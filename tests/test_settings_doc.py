@@ -48,6 +48,8 @@ def actual(name: str) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return ",".join(value) or "empty"
+    if value == "":
+        return "empty"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
