@@ -10,9 +10,10 @@ id and trace id on every line logged while it is handled.
   (what its answer said) and ``reason``. uvicorn's lines are JSON too (`uvicorn_log_config`).
 
 The request line replaces uvicorn's access log (``ALEXNET_ACCESS_LOG`` turns it off): it is logged at INFO
-for answers below 500 — a client's bad request is one INFO line saying why, never a warning or a traceback,
-so a misbehaving client cannot flood the log at WARNING — and at ERROR for 5xx. Health probes and /metrics
-are logged at DEBUG only (an orchestrator calls them every few seconds).
+for answers below 500 and for 503 (loading, overloaded: the service saying "not now") — a client's bad request
+is one INFO line saying why, never a warning or a traceback, so a misbehaving client cannot flood the log above
+INFO — and at ERROR for the other 5xx. Health probes and /metrics are logged at DEBUG only, whatever they answer
+(an orchestrator calls them every few seconds).
 """
 
 from __future__ import annotations
@@ -125,7 +126,10 @@ def log_request(record: RequestRecord) -> None:
     logger = logging.getLogger(REQUESTS_LOGGER)
     status = record.status or 500
     route = record.route or record.path
-    level = logging.ERROR if status >= 500 else logging.DEBUG if route.startswith(QUIET_ROUTES) else logging.INFO
+    if route.startswith(QUIET_ROUTES):
+        level = logging.DEBUG
+    else:  # 503 is the service saying "not now" (loading, overloaded), not something broken
+        level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
     if not logger.isEnabledFor(level):
         return
     fields = record.fields()

@@ -11,7 +11,8 @@ Pure ASGI, one place for all routes:
 3. Its **trace id**: the active span's with tracing on (service/tracing.py: the FastAPI instrumentation is
    outside this middleware, so its span is current here), else the client's ``traceparent``'s, so logs can be
    joined to the client's traces even when this service does not export any.
-4. At the end: the request's spans (tracing on) and its one log line (service/logs.py).
+4. At the end: the request's spans (tracing on; as the last of its answer is sent, since the instrumentation ends
+   the server span then) and its one log line (service/logs.py).
 """
 
 from __future__ import annotations
@@ -62,12 +63,18 @@ class RequestMiddleware:
             or requestctx.trace_id_of(traceparent)
         scope.setdefault("state", {})["request_id"] = record.request_id  # for the 500 handler, outside this one
         header = (_ID_HEADER, record.request_id.encode())
+        traced = self.tracing is None
 
         async def send_with_id(message: Message) -> None:
+            nonlocal traced
             if message["type"] == "http.response.start":
                 record.status = int(message["status"])
                 message["headers"] = [*(h for h in message.get("headers", []) if h[0].lower() != _ID_HEADER),
                                       header]
+            elif message["type"] == "http.response.body" and not message.get("more_body") and not traced:
+                traced = True  # the server span ends once this is sent: its children go on it now
+                record.route = getattr(scope.get("route"), "path", None)
+                self.tracing.finish(record)
             await send(message)
 
         token = requestctx.bind(record)
@@ -90,7 +97,7 @@ class RequestMiddleware:
             route = scope.get("route")
             record.route = getattr(route, "path", None)
             try:
-                if self.tracing is not None:
+                if not traced:  # no answer was sent (an exception): its span is still open
                     self.tracing.finish(record)
                 if self.log_requests:
                     logs.log_request(record)

@@ -38,10 +38,15 @@ EXCLUDED_URLS = r"/health/,/v2/health/,/metrics$"  # regexes searched in the URL
 class Tracing:
     def __init__(self, settings: Settings, exporter: Any = None) -> None:
         """`exporter`: a span exporter to use instead of OTLP/HTTP (the tests' in-memory one), fed span by span."""
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        try:
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        except ImportError as exc:
+            raise ImportError(f"ALEXNET_TRACING=true needs the OpenTelemetry packages of the serve extra "
+                              f"(pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http "
+                              f"opentelemetry-instrumentation-fastapi): {exc}") from exc
 
         self.endpoint = settings.tracing_endpoint
         self.provider = TracerProvider(
@@ -83,7 +88,8 @@ class Tracing:
         return span if span.is_recording() else None
 
     def finish(self, record: RequestRecord) -> None:
-        """The request's attributes on its server span, and a child span per step (called before it ends)."""
+        """The request's attributes on its server span, and a child span per step: called as the last of the answer
+        is sent (the instrumentation ends the server span right after)."""
         from opentelemetry import trace
 
         span = trace.get_current_span()
