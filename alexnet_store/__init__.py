@@ -14,6 +14,7 @@ from alexnet_store.metadata import (
     OnnxInfo,
     Parity,
     Preprocessing,
+    Source,
     TrainingSummary,
 )
 from alexnet_store.store import ModelNotFoundError, ModelStore, ModelVersion, StoreError
@@ -29,6 +30,7 @@ __all__ = [
     "OnnxInfo",
     "Parity",
     "Preprocessing",
+    "Source",
     "StoreError",
     "TrainingSummary",
 ]

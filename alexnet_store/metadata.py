@@ -14,13 +14,23 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alexnet_store.vocabulary import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE, CropScheme
+from alexnet_store.vocabulary import (
+    CROP_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESIZE_SIZE,
+    ChannelOrder,
+    CropScheme,
+    PixelRange,
+)
 
 FORMAT_VERSION = 1
 
 Interpolation = Literal["bilinear", "bicubic"]  # Pillow's antialiased filters, which the service resizes with
 Precision = Literal["fp32", "int8"]
 LightingEigen = Literal["computed", "imagenet", "none"]
+OutputKind = Literal["logits", "probabilities"]  # probabilities: the graph ends in its own softmax
+SourceKind = Literal["torchvision", "onnx"]
 # How a 1-channel model sees an RGB image: its luma, Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601), the weights of
 # Pillow's convert("L") and, to within 1e-4, of torchvision's Grayscale. They sum to 1, so a grey image (R = G = B)
 # gives its own grey level back. The serving graph applies them (service/graph.py); training applies them to RGB
@@ -49,12 +59,14 @@ class Preprocessing:
     size is cut out, and `crop_size` patches are taken from it: the centre one, or with `crops="ten"` the
     four corners and the centre plus their horizontal flips (`crops` is the scheme the model was trained
     for; clients may ask for the other). With `resize_size == crop_size` the network sees the whole resized
-    image (the d2l book's Fashion-MNIST models). Pixels are scaled to [0, 1]; a model with
-    `input_channels` 1 takes the luma of the RGB image (`LUMA_WEIGHTS`), one with 3 takes RGB; each channel is
-    normalised with `mean`/`std` (one value per input channel); the network takes NCHW float32. A value the
-    reader does not know (an interpolation, a crop scheme) fails the parse, so a model is refused at load rather
-    than served differently from how it was trained. (Earlier stores also wrote `channel_order` "RGB" and
-    `layout` "NCHW", which said nothing the format does not fix; readers ignore them.)
+    image (the d2l book's Fashion-MNIST models). Pixels are scaled to [0, 1], or to [0, 255] with `pixel_range`
+    "0-255" (Caffe's models); a model with `input_channels` 1 takes the luma of the RGB image (`LUMA_WEIGHTS`), one
+    with 3 takes RGB, or BGR with `channel_order` "BGR"; each channel is normalised with `mean`/`std` (one value
+    per input channel, in the network's channel order and pixel units; a mean-only model has std 1); the network
+    takes NCHW float32. A value the reader does not know (an interpolation, a crop scheme, a channel order) fails
+    the parse, so a model is refused at load rather than served differently from how it was trained. (Earlier
+    stores also wrote `channel_order` "RGB", which this field reads back, and `layout` "NCHW", which said nothing
+    the format does not fix; readers ignore it.)
     """
 
     resize_size: int = RESIZE_SIZE
@@ -64,24 +76,51 @@ class Preprocessing:
     interpolation: Interpolation = "bilinear"
     crops: CropScheme = "ten"
     input_channels: int = 3  # added after format 1's first stores: their metadata lacks it and means 3 (RGB)
+    channel_order: ChannelOrder = "RGB"  # added with issue 19 (imported models), like pixel_range
+    pixel_range: PixelRange = "0-1"
 
 
 @dataclass(frozen=True)
 class OnnxInfo:
-    """The ONNX file of a version: its checksum (verified on load) and its I/O names."""
+    """The ONNX file of a version: its checksum (verified on load) and its I/O names. `output_kind` says whether the
+    network's output is logits (the serving graph adds the softmax) or already probabilities (an imported graph that
+    ends in its own softmax, such as the ONNX zoo's BVLC AlexNet: the serving graph adds none)."""
 
     file: str
     sha256: str
     opset: int
     input_name: str = "input"
     output_name: str = "logits"
-    output_kind: Literal["logits"] = "logits"
+    output_kind: OutputKind = "logits"
     bytes: int = 0
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where an imported version came from (`alexnet-import`, bench/importer.py); None for the networks trained
+    here. `file` is the file's name (never its directory), `sha256` and `bytes` are the file's as it was given.
+    A torchvision import names the builder (`arch`) and the weights enum its preprocessing and class names come
+    from (`weights`, e.g. ``AlexNet_Weights.IMAGENET1K_V1``), with the ImageNet-1K accuracy torchvision reports for
+    it (`top1`/`top5`, %, centre crop with its transforms); an ONNX import names the preset its preprocessing
+    started from (`preset`), if any."""
+
+    kind: SourceKind
+    file: str
+    sha256: str
+    bytes: int
+    arch: str | None = None
+    weights: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
 class Parity:
-    """ONNX Runtime against PyTorch on real images, measured by the export that wrote the version."""
+    """ONNX Runtime against PyTorch on real images, measured by the export that wrote the version: the network's
+    logits on the ten crops (`reference` "pytorch"), or for an import the served probabilities (the service's
+    patches through the serving graph) against `reference`: torchvision's forward on its own transforms, or the
+    original ONNX graph on numpy preprocessing, ten crops and the centre crop."""
 
     max_abs_diff: float
     max_rel_diff: float
@@ -145,6 +184,7 @@ class ModelMetadata:
     precision: Precision = "fp32"
     training: TrainingSummary | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    imported: Source | None = None  # added with issue 19: None for the networks trained here
     format_version: int = FORMAT_VERSION
 
     @property
@@ -182,6 +222,8 @@ class ModelMetadata:
             )
         if min(pre.std) <= 0:
             raise MetadataError("preprocessing.std values must be positive")
+        if pre.channel_order == "BGR" and pre.input_channels != 3:
+            raise MetadataError("preprocessing.channel_order BGR needs 3 input channels")
         lighting = meta.training.lighting if meta.training is not None else None
         if lighting is not None and lighting.eigen != "none" and (
                 len(lighting.eigval) != 3 or len(lighting.eigvec) != 3 or any(len(r) != 3 for r in lighting.eigvec)):

@@ -23,6 +23,13 @@ CROP_SIZE = 224  # the patches the network sees
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# -- how pixels reach a network (its metadata's preprocessing.channel_order and pixel_range) ---------------------
+# The networks trained here take RGB in [0, 1]; imported ones may take Caffe's BGR in [0, 255] (the ONNX zoo's BVLC
+# AlexNet). mean/std are in the network's channel order and pixel units.
+ChannelOrder = Literal["RGB", "BGR"]
+PixelRange = Literal["0-1", "0-255"]
+PIXEL_MAX: dict[str, float] = {"0-1": 1.0, "0-255": 255.0}  # what a white pixel is before mean/std
+
 # -- image files ------------------------------------------------------------------------------------------------
 # What a folder of images (validation sets, calibration sets, galleries, load-generator inputs) is made of: the
 # suffixes of the formats the service decodes (service/preprocess.py ALLOWED_FORMATS).

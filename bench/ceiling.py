@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from alexnet_store import ModelVersion
 from alexnet_store.metadata import LUMA_WEIGHTS
+from alexnet_store.vocabulary import PIXEL_MAX
 from bench.roof import GFLOP_PER_TEN_CROP_IMAGE
 from service.session import ElisionReport, cpu_session
 
@@ -97,9 +98,12 @@ def patches(version: ModelVersion, batch: int, jpegs: Sequence[bytes]) -> np.nda
 
 
 def normalised(version: ModelVersion, uint8_patches: np.ndarray) -> np.ndarray:
-    """What the serving graph feeds the network: float32 NCHW, (x/255 − mean)/std (a 1-channel network: of the luma)."""
+    """What the serving graph feeds the network: float32 NCHW, (x/255 − mean)/std (a 1-channel network: of the luma;
+    an imported one: in its channel order and pixel range)."""
     pre = version.metadata.preprocessing
-    x = uint8_patches.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    x = uint8_patches.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0 / PIXEL_MAX[pre.pixel_range])
+    if pre.channel_order == "BGR":
+        x = x[:, ::-1]
     if pre.input_channels == 1:
         x = np.tensordot(np.asarray(LUMA_WEIGHTS, np.float32), x, axes=([0], [1]))[:, None]
     mean = np.asarray(pre.mean, np.float32).reshape(1, -1, 1, 1)

@@ -1,6 +1,6 @@
 """The serving graph: the stored network wrapped so it takes uint8 patches and returns probabilities.
 
-    images uint8 [N, crop, crop, 3] → Transpose → Cast → normalise → network → Softmax
+    images uint8 [N, crop, crop, 3] → Transpose → (BGR: Gather) → Cast → normalise → network → Softmax
     → probabilities float32 [N, K]
 
 Normalisation runs inside ONNX Runtime (on its thread pool, or on the GPU), so the service moves a quarter
@@ -8,12 +8,18 @@ of the bytes float32 patches would take, and any ONNX Runtime or Triton client c
 with only decoding and cropping on its side. The constants come from the model's metadata
 (`preprocessing.input_channels`, `mean`, `std`), so the same code serves every network:
 
-- 3 input channels (RGB): ×1/(255·std) − mean/std, per channel (Mul, Sub);
+- 3 input channels (RGB): ×1/(255·std) − mean/std, per channel (Mul, Sub); a network that takes BGR
+  (`preprocessing.channel_order`, Caffe's models) gets the channel planes reversed first (a Gather of the
+  uint8 planes), and one that takes pixels in [0, 255] (`pixel_range` "0-255") is scaled by 1/std instead
+  of 1/(255·std) (mean and std are in the network's channel order and pixel units);
 - 1 input channel (the d2l book's Fashion-MNIST networks): the luma of the RGB patch,
   Y = 0.299 R + 0.587 G + 0.114 B (`alexnet_store.LUMA_WEIGHTS`: Pillow's convert("L"), torchvision's
   Grayscale to 1e-4), normalised in the same step: one 1×1 Conv with weights LUMA/(255·std) and bias −mean/std.
   The weights sum to 1, so a grey upload (decoded to R = G = B) reaches the network as its own grey level:
   what the network was trained on.
+
+A network whose graph ends in its own softmax (`onnx.output_kind` "probabilities", an imported ONNX classifier)
+gets no second one: its output is the serving graph's.
 """
 
 from __future__ import annotations
@@ -24,17 +30,20 @@ from onnx import TensorProto, helper, numpy_helper
 
 from alexnet_store import ModelMetadata
 from alexnet_store.metadata import LUMA_WEIGHTS
+from alexnet_store.vocabulary import PIXEL_MAX
 
 GRAPH_INPUT = "images"
 GRAPH_OUTPUT = "probabilities"
 
 
 def _normalise(pre, net_input: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes from float NCHW RGB pixels in [0, 255] ("serving_nchw") to the network's normalised input."""
+    """Nodes from float NCHW pixels in [0, 255] ("serving_nchw", in the network's channel order) to the network's
+    normalised input."""
     std = np.asarray(pre.std, dtype=np.float64)
     mean = np.asarray(pre.mean, dtype=np.float64)
+    divisor = 255.0 / PIXEL_MAX[pre.pixel_range]  # uint8 value → the network's pixel units
     if pre.input_channels == 1:
-        weight = (np.asarray(LUMA_WEIGHTS, np.float64) / (255.0 * std[0])).reshape(1, 3, 1, 1)
+        weight = (np.asarray(LUMA_WEIGHTS, np.float64) / (divisor * std[0])).reshape(1, 3, 1, 1)
         tensors = [numpy_helper.from_array(weight.astype(np.float32), "serving_luma_weight"),
                    numpy_helper.from_array((-mean / std).astype(np.float32), "serving_luma_bias")]
         return [helper.make_node("Conv", ["serving_nchw", "serving_luma_weight", "serving_luma_bias"], [net_input],
@@ -42,7 +51,7 @@ def _normalise(pre, net_input: str) -> tuple[list[onnx.NodeProto], list[onnx.Ten
     if pre.input_channels != 3:
         raise ValueError(f"preprocessing.input_channels {pre.input_channels} is not 1 or 3")
     std32, mean32 = std.astype(np.float32).reshape(1, 3, 1, 1), mean.astype(np.float32).reshape(1, 3, 1, 1)
-    scale = (1.0 / (255.0 * std32)).astype(np.float32)
+    scale = (1.0 / (np.float32(divisor) * std32)).astype(np.float32)
     shift = (mean32 / std32).astype(np.float32)
     tensors = [numpy_helper.from_array(scale, "serving_scale"), numpy_helper.from_array(shift, "serving_shift")]
     return [helper.make_node("Mul", ["serving_nchw", "serving_scale"], ["serving_scaled"]),
@@ -59,12 +68,15 @@ def build_serving_model(network: onnx.ModelProto, metadata: ModelMetadata) -> on
             f"the metadata ({net_input} → {net_output})"
         )
     normalise, constants = _normalise(pre, net_input)
-    front = [
-        helper.make_node("Transpose", [GRAPH_INPUT], ["serving_nchw_u8"], perm=[0, 3, 1, 2]),
-        helper.make_node("Cast", ["serving_nchw_u8"], ["serving_nchw"], to=TensorProto.FLOAT),
-        *normalise,
-    ]
-    back = [helper.make_node("Softmax", [net_output], [GRAPH_OUTPUT], axis=-1)]
+    front = [helper.make_node("Transpose", [GRAPH_INPUT], ["serving_nchw_u8"], perm=[0, 3, 1, 2])]
+    ordered = "serving_nchw_u8"
+    if pre.channel_order == "BGR":  # the three uint8 planes in reverse order: three plane copies
+        constants.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "serving_bgr"))
+        front.append(helper.make_node("Gather", ["serving_nchw_u8", "serving_bgr"], ["serving_bgr_u8"], axis=1))
+        ordered = "serving_bgr_u8"
+    front += [helper.make_node("Cast", [ordered], ["serving_nchw"], to=TensorProto.FLOAT), *normalise]
+    last = "Identity" if metadata.onnx.output_kind == "probabilities" else "Softmax"
+    back = [helper.make_node(last, [net_output], [GRAPH_OUTPUT], **({} if last == "Identity" else {"axis": -1}))]
 
     wrapped = onnx.ModelProto()
     wrapped.CopyFrom(network)
