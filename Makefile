@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (see README.md):
-#   make serve   build the demo model if model_store/ has none, then start the service
+#   make serve   serve torchvision's AlexNet if its weights are in the torch hub cache, else the digits demo
+#                (built first if model_store/ has none), then start the service
 #   make test    lint, install the Debian packages some tests use (scripts/test-deps.sh), run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,9 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/alexnet-demo --model-store $(MODEL_STORE)
 
+# torchvision's AlexNet weights in the torch hub cache ($$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth):
+# imported (alexnet-import) and served with ImageNet's 1,000 classes; else the digits demo (bench/serve.py)
 serve: $(STAMP)
-	$(BIN)/alexnet-demo --model-store $(MODEL_STORE) --if-empty
-	$(BIN)/alexnet-serve --model-store $(MODEL_STORE) --host $(HOST) --port $(PORT)
+	$(BIN)/python -m bench.serve --model-store $(MODEL_STORE) --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
