@@ -23,7 +23,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/alexnet-demo --model-store $(MODEL_STORE)
 
-# torchvision's AlexNet weights in the torch hub cache ($$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth):
+# torchvision's AlexNet weights in the torch hub cache ($TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth):
 # imported (alexnet-import) and served with ImageNet's 1,000 classes; else the digits demo (bench/serve.py)
 serve: $(STAMP)
 	$(BIN)/python -m bench.serve --model-store $(MODEL_STORE) --host $(HOST) --port $(PORT)
