@@ -11,7 +11,7 @@ set -uo pipefail
 
 FASHION=/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-have_browser() {  # what tests/helpers.py browser_binaries() looks for
+have_browser() {  # what tests/support/browser.py browser_binaries() looks for
   { command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1
 }
 

@@ -1,7 +1,9 @@
-"""Fixtures shared by every test area: a real exported model, the shared sample images; GPU tests skip cleanly."""
+"""Fixtures shared by every test area: a real exported model (loaded once, served once), the shared sample images,
+the digits data set and one tiny training run; GPU tests skip cleanly."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -53,8 +55,8 @@ def project_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def fashion_mnist_root() -> Path:
-    """The Fashion-MNIST IDX files of Debian's dataset-fashion-mnist package (.ci/run installs it); tests that need
-    them skip, naming the package, where it is not installed."""
+    """The Fashion-MNIST IDX files of Debian's dataset-fashion-mnist package (`make test` installs it:
+    scripts/test-deps.sh); tests that need them skip, naming the package, where it is not installed."""
     from training.fashion_mnist import DEFAULT_ROOT
 
     if not (DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").is_file():
@@ -106,3 +108,44 @@ def loaded_model(exported):
     model = ClassifierModel(version, providers=["CPUExecutionProvider"])
     model.load(warmup_batch=1)
     return model
+
+
+@pytest.fixture(scope="session")
+def shared_server(exported, tmp_path_factory: pytest.TempPathFactory):
+    """One real `alexnet-serve` on the `exported` store with start_server's defaults (providers auto, the 3 MB /
+    10 files / 30 MB limits, the store polled every 15 s), shared by the end-to-end modules that only send it
+    requests (test_service_e2e, test_page, test_deploy's kserve smoke): one start (~10 s on 2 cores) instead of
+    one a module. Read-only by contract: no test may unload or load its models or write to its store; the
+    modules that do (test_v2_clients, test_rollover, test_openapi_contract's generated calls) start their own."""
+    from support.server import start_server, stop_server
+
+    root, _, _ = exported
+    srv = start_server(root, tmp_path_factory.mktemp("shared-serve") / "serve.log")
+    yield srv
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it so the exit status shows the signal
+    assert stop_server(srv) in (0, -signal.SIGTERM), srv.log.read_text()
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 real digits (scikit-learn's, in the ImageNet layout): 40 train / 10 val, every class in both splits.
+    Built once (~4 s); read-only: a test that adds files copies it first."""
+    from training.demo import build_digits_dataset
+
+    root = tmp_path_factory.mktemp("data") / "digits"
+    build_digits_dataset(root, limit=50, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one tiny real training run the export and resume tests start from: full AlexNet, 4 digits, one step
+    (kaiming init, lr 0.001), its folder (last.pt, metrics). Read-only: a test that resumes it copies it first."""
+    from training import train
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert train.main(["--data", str(digits), "--output", str(run), "--epochs", "1", "--limit-train", "4",
+                       "--batch-size", "4", "--init", "kaiming", "--lr", "0.001", "--workers", "0",
+                       "--no-progress"]) == 0
+    return run
+

@@ -12,6 +12,7 @@ import time
 import warnings
 
 import pytest
+from support.app import reuse
 from support.settings import cpu_settings
 
 from service.app import create_app
@@ -25,7 +26,8 @@ INFER_KEY = "infer-key-3f9a1c"
 ADMIN_KEY = "admin-key-77b2e0"
 OPEN = {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"}  # probes call without keys
 PAGE = {"/", "/static/app.js"}  # the browser page: it asks for a key itself when the API answers 401
-ADMIN = {"/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"}
+# (method, route) that need the admin scope: loading, unloading and changing a model's traffic (reading it is infer)
+ADMIN = {("POST", f"/v2/repository/models/{{name}}/{action}") for action in ("load", "unload", "traffic")}
 METRICS, DOCS = {"/metrics"}, {"/docs", "/openapi.json"}
 
 
@@ -66,12 +68,14 @@ def routes(app) -> list[tuple[str, str, str]]:
     return out + [("GET", path, path) for path in sorted(DOCS | PAGE)]
 
 
-def client_for(exported, tmp_path, **settings) -> TestClient:
+def client_for(exported, loaded_model, tmp_path, **settings) -> TestClient:
+    """The app with the two keys on (unless `settings` says otherwise), serving the session's loaded model
+    (support.app.reuse): every (re)load, the admin key's POST .../load included, hands out that session."""
     root, _, _ = exported
     keys = tmp_path / "keys"
     keys.write_text(f"{INFER_KEY}\nsha256:{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()} admin\n")
     s = cpu_settings(root, log_level="info", **({"api_keys_file": keys} | settings))  # info: the auth log lines
-    return TestClient(create_app(s))
+    return TestClient(create_app(s, loader=reuse(loaded_model)))
 
 
 def wait_ready(c: TestClient) -> None:
@@ -85,12 +89,14 @@ def call(c: TestClient, method: str, path: str, headers: dict | None = None):
     return c.request(method, path, headers=headers or {})
 
 
-def test_every_route_with_keys_on(exported, tmp_path, caplog):
+def test_every_route_with_keys_on(exported, loaded_model, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    with client_for(exported, tmp_path) as c:
+    with client_for(exported, loaded_model, tmp_path) as c:
         wait_ready(c)
         table = routes(c.app)
-        assert {t for _, _, t in table} >= OPEN | ADMIN | METRICS | DOCS | {"/predict", "/v2/models/{model}/infer"}
+        assert {t for _, _, t in table} >= OPEN | {t for _, t in ADMIN} | METRICS | DOCS | {"/predict",
+                                                                                  "/v2/models/{model}/infer"}
+        assert {(m, t) for m, _, t in table} >= ADMIN
         for method, path, template in table:
             anonymous = call(c, method, path)
             if template in OPEN | DOCS | PAGE:  # the docs are open unless ALEXNET_DOCS_REQUIRE_KEY (see below)
@@ -105,7 +111,7 @@ def test_every_route_with_keys_on(exported, tmp_path, caplog):
             assert wrong.status_code == 401 and "not valid" in wrong.text
             assert call(c, method, path, {"Authorization": f"Basic {INFER_KEY}"}).status_code == 401
             infer = call(c, method, path, {"Authorization": f"Bearer {INFER_KEY}"})
-            if template in ADMIN:
+            if (method, template) in ADMIN:
                 assert infer.status_code == 403 and "needs an admin key" in infer.text, (method, path)
             else:
                 assert infer.status_code not in (401, 403), (method, path, infer.text)
@@ -121,15 +127,15 @@ def test_every_route_with_keys_on(exported, tmp_path, caplog):
     assert INFER_KEY not in caplog.text and ADMIN_KEY not in caplog.text
 
 
-def test_every_route_with_keys_off(exported, tmp_path):
-    with client_for(exported, tmp_path, api_keys_file=None) as c:
+def test_every_route_with_keys_off(exported, loaded_model, tmp_path):
+    with client_for(exported, loaded_model, tmp_path, api_keys_file=None) as c:
         wait_ready(c)
         for method, path, _ in routes(c.app):
             assert call(c, method, path).status_code not in (401, 403), (method, path)
 
 
-def test_metrics_and_docs_keys_are_settings(exported, tmp_path):
-    with client_for(exported, tmp_path, metrics_require_key=False, docs_require_key=True) as c:
+def test_metrics_and_docs_keys_are_settings(exported, loaded_model, tmp_path):
+    with client_for(exported, loaded_model, tmp_path, metrics_require_key=False, docs_require_key=True) as c:
         assert c.get("/metrics").status_code == 200
         assert c.get("/docs").status_code == 401 and c.get("/openapi.json").status_code == 401
         assert c.get("/openapi.json", headers={"X-API-Key": INFER_KEY}).status_code == 200

@@ -13,22 +13,16 @@ import pytest
 
 from alexnet_store import ModelStore
 from training import export_cli, train
-from training.demo import build_digits_dataset
 
 WNIDS = [f"n0{i:07d}" for i in range(10)]
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The checkpoint of a real (tiny) training run: full AlexNet, 4 real digits, one step."""
-    tmp = tmp_path_factory.mktemp("export-run")
-    data = tmp / "digits"
-    build_digits_dataset(data, limit=50, progress=False)
-    assert train.main(["--data", str(data), "--output", str(tmp / "run"), "--epochs", "1", "--limit-train", "4",
-                       "--batch-size", "4", "--init", "kaiming", "--lr", "0.001", "--workers", "0",
-                       "--no-progress"]) == 0
-    return tmp / "run" / "last.pt"
+def checkpoint(tiny_run: Path) -> Path:
+    """The checkpoint of a real (tiny) training run: full AlexNet, 4 real digits, one step (conftest.py
+    `tiny_run`, the session's one; export only reads it)."""
+    return tiny_run / "last.pt"
 
 
 def _tree_digest(path: Path) -> dict[str, str]:
@@ -127,11 +121,11 @@ def test_help_documents_the_interface(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 @pytest.fixture(scope="module")
-def no_flip_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A real (tiny) training run without horizontal reflections: (its checkpoint, its data set)."""
+def no_flip_run(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real (tiny) training run without horizontal reflections (on the session's digits, conftest.py): (its
+    checkpoint, its data set)."""
     tmp = tmp_path_factory.mktemp("no-flip-run")
-    data = tmp / "digits"
-    build_digits_dataset(data, limit=50, progress=False)
+    data = digits
     assert train.main(["--data", str(data), "--output", str(tmp / "run"), "--epochs", "1", "--limit-train", "4",
                        "--batch-size", "4", "--init", "kaiming", "--lr", "0.001", "--workers", "0", "--no-flip",
                        "--no-progress"]) == 0

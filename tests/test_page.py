@@ -15,7 +15,6 @@ import contextlib
 import io
 import re
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from PIL import Image, ImageOps
 from support.app import reuse
 from support.browser import full_page_screenshot, missing_browser, set_viewport, start_chromium
 from support.paths import SKLEARN_IMAGES
-from support.server import Server, free_port, start_server, stop_server
+from support.server import Server, free_port
 from support.settings import cpu_settings
 
 from training.presets import ten_crop_transform
@@ -43,12 +42,11 @@ TEN_BOXES = [[0, 0, 224, 224], [32, 0, 256, 224], [0, 32, 224, 256], [32, 32, 25
 JS_BUDGET_BYTES = 30 * 1024  # the issue's limit for the page's JavaScript, unminified
 
 
-@pytest.fixture(scope="module")
-def server(exported, tmp_path_factory) -> Iterator[Server]:
-    root, _, _ = exported
-    srv = start_server(root, tmp_path_factory.mktemp("page") / "serve.log")
-    yield srv
-    assert stop_server(srv) in (0, -signal.SIGTERM), srv.log.read_text()
+@pytest.fixture
+def server(shared_server: Server) -> Server:
+    """The session's read-only server (conftest.py `shared_server`: providers auto, start_server's limits); the
+    page tests only send it requests. Its exit status after SIGTERM is checked at the end of the session."""
+    return shared_server
 
 
 def predict(server: Server, path: Path, **params) -> dict:

@@ -82,6 +82,13 @@ def test_rollover_under_load_has_no_failed_request(exported, tmp_path):
         clone_version(root, "testnet", 2, corrupt=True)
         corrupt_published = time.monotonic()
         await asyncio.sleep(POLL_SECONDS * 3 + 3)
+        # the poller has usually refused v3 by now; on a loaded 2-core machine its checksum (230 MB, read at low
+        # priority) can take longer: the load goes on until the index says so (up to 60 s), every answer still v2
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            while "3" not in {e["version"] for e in (await c.post("/v2/repository/index")).json()
+                              if e["state"] == "UNAVAILABLE"}:
+                assert time.monotonic() - corrupt_published < 60, "v3 was never refused"
+                await asyncio.sleep(0.5)
         stop.set()
         await load
         return published, corrupt_published
@@ -100,7 +107,9 @@ def test_rollover_under_load_has_no_failed_request(exported, tmp_path):
     assert not failures, f"{len(failures)} of {len(answers)} requests failed: {failures[:5]}"
 
     first_new = min((a for a in answers if a.version == 2), key=lambda a: a.done)
-    budget = POLL_SECONDS + v2["load_seconds"] + 1.0  # + the moment the switch waits for the next request
+    # the poll interval + v2's own load time + the moment the switch waits for the next request (1 s), the two
+    # margins ×3 for a loaded 2-core machine (16 clients, the export and the poller share its cores): 6 s + load
+    budget = 3 * (POLL_SECONDS + 1.0) + v2["load_seconds"]
     assert first_new.sent - published <= budget, (first_new.sent - published, budget)
     assert all(a.version == 1 for a in answers if a.done < published)  # nothing new before it existed
     late_old = [a for a in answers if a.sent > first_new.done and a.version != 2]

@@ -438,7 +438,9 @@ def test_openapi_documents_the_upload_and_examples(client):
     op = spec["paths"]["/predict"]["post"]
     schema = op["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["properties"]["files"]["type"] == "array"
-    assert {p["name"] for p in op["parameters"]} == {"top_k", "crops", "model", "version", "details", "square"}
+    assert {p["name"] for p in op["parameters"] if p["in"] == "query"} >= {"top_k", "crops", "model", "version",
+                                                                          "details", "square"}
+    assert {p["name"] for p in op["parameters"] if p["in"] == "header"} == {"X-Request-ID"}  # issue 22
     assert "example" in op["responses"]["200"]["content"]["application/json"]
     assert {"400", "413", "415", "422", "503"} <= set(op["responses"])
     assert {"/health/live", "/health/ready", "/v1/models", "/metrics"} <= set(spec["paths"])

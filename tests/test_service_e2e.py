@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,13 +20,12 @@ from support.paths import SKLEARN_IMAGES
 from support.server import Server, start_server, stop_server
 
 
-@pytest.fixture(scope="module")
-def server(exported, tmp_path_factory) -> Iterator[Server]:
-    root, _, _ = exported
-    srv = start_server(root, tmp_path_factory.mktemp("serve") / "serve.log")  # providers: auto
-    yield srv
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises it so the exit status shows the signal
-    assert stop_server(srv) in (0, -signal.SIGTERM), srv.log.read_text()
+@pytest.fixture
+def server(shared_server: Server) -> Server:
+    """The session's read-only server (conftest.py `shared_server`: providers auto, start_server's limits), which
+    test_page and test_deploy's kserve smoke use too; stopped by SIGTERM at the end of the session, its exit status
+    checked there. Tests that need other settings (workers, drain) start their own below."""
+    return shared_server
 
 
 def test_serves_predict_models_and_health(server):
@@ -197,7 +195,10 @@ def test_sigterm_drains_the_requests_in_flight(exported, tmp_path):
     """SIGTERM while 24 requests are in flight: every one of them gets its 200, then the process exits within the
     drain timeout (ALEXNET_DRAIN_SECONDS) — no request that was accepted is cut off."""
     root, _, _ = exported
-    drain = 20
+    # The drain timeout is a margin, not the measurement: the 24 × 4 ten-crop images take ~15 s on an idle 2-core
+    # machine, and twice that when the machine is shared, so 60 s (3× the 20 s this test used) holds on a loaded
+    # one; the check stays that every answer is a 200 and the process exits before the timeout.
+    drain = 60
     photos = [(n, (SKLEARN_IMAGES / n).read_bytes()) for n in ("china.jpg", "flower.jpg")] * 2
     # admission's default bound follows the machine's memory (61 images on 24 GiB): this test is about draining,
     # so it admits exactly the 24 × 4 images it sends, whatever the machine

@@ -19,18 +19,9 @@ import torch
 
 from training import train
 from training.checkpoint import load_checkpoint
-from training.demo import build_digits_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TIMING_FIELDS = {"images_per_s", "epoch_time_s", "train_time_s", "time"}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """50 real digits: 40 train / 10 val, every class in both splits."""
-    root = tmp_path_factory.mktemp("data") / "digits"
-    build_digits_dataset(root, limit=50, progress=False)
-    return root
 
 
 def _run(argv: list[str]) -> int:
@@ -172,16 +163,14 @@ def test_resume_continues_exactly_and_metrics_are_written(digits: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_resuming_a_run_from_before_the_lighting_record_keeps_imagenets(digits: Path, tmp_path: Path) -> None:
+def test_resuming_a_run_from_before_the_lighting_record_keeps_imagenets(digits: Path, tiny_run: Path,
+                                                                        tmp_path: Path) -> None:
     """A checkpoint written before issue 13 has no ``lighting`` entry: it was trained with ImageNet's constants, and
     a resumed run goes on with them (and records so) instead of switching to computed ones halfway."""
     from training.checkpoint import lighting_from_checkpoint
     from training.presets import imagenet_lighting
 
-    run = tmp_path / "run"
-    common = ["--data", str(digits), "--limit-train", "4", "--limit-val", "2", "--batch-size", "4", "--workers", "0",
-              "--max-steps-per-epoch", "1"]
-    assert _run([*common, "--output", str(run), "--epochs", "1", "--init", "kaiming", "--lr", "0.001"]) == 0
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # the session's one-step run (conftest.py); resumed in a copy
     old = load_checkpoint(run / "last.pt")
     assert old["lighting"]["eigen"] == "computed"
     del old["lighting"], old["args"]["pca"]  # what alexnet-train wrote before the record existed

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+from support.app import reuse
 from support.images import image
 from support.paths import SKLEARN_IMAGES
 from support.settings import cpu_settings
@@ -29,10 +30,10 @@ HEADER = "Inference-Header-Content-Length"
 
 
 @pytest.fixture(scope="module")
-def client(exported):
+def client(exported, loaded_model):
     root, _, _ = exported
     settings = cpu_settings(root, max_files_per_request=4, max_file_bytes=2_000_000)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings, loader=reuse(loaded_model))) as c:  # the session's loaded model
         deadline = time.monotonic() + 60
         while c.get("/v2/health/ready").status_code != 200:
             assert time.monotonic() < deadline, c.get("/v2/health/ready").json()
@@ -76,15 +77,18 @@ def test_server_health_and_metadata(client):
     r = client.get("/v2/health/ready")
     assert r.status_code == 200 and r.json() == {"ready": True}
     meta = client.get("/v2/models/testnet").json()
+    assert meta.pop("parameters")["crop_size"] == 224  # issue 19: the version's preprocessing and source
     assert meta == {"name": "testnet", "versions": ["1"], "platform": "onnxruntime_onnx",
                     "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}],
-                    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]}
+                    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                                {"name": "features", "datatype": "FP32", "shape": [-1, 4096]}]}  # issue 20
     assert client.get("/v2/models/testnet/versions/1").json()["versions"] == ["1"]
     assert client.get("/v2/models/testnet/ready").json() == {"name": "testnet", "ready": True}
     assert client.get("/v2/models/testnet/versions/1/ready").status_code == 200
     config = client.get("/v2/models/testnet/config").json()
     assert config["max_batch_size"] == 4 and config["input"][0]["dims"] == [1]
-    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]},
+                                {"name": "features", "data_type": "TYPE_FP32", "dims": [4096]}]  # issue 20
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
 
 
@@ -222,10 +226,10 @@ def test_repository_extension(client):
     assert r.status_code == 404 and "no model named 'nope'" in r.json()["error"]
 
 
-def test_control_is_refused_with_several_workers(exported):
+def test_control_is_refused_with_several_workers(exported, loaded_model):
     root, _, _ = exported
     settings = cpu_settings(root, workers=2)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings, loader=reuse(loaded_model))) as c:
         r = c.post("/v2/repository/models/testnet/unload")
         assert r.status_code == 409 and "needs a single worker" in r.json()["error"]
 

@@ -137,7 +137,9 @@ class InProcessBackend:
                                    reorder_elision=defaults.CPU_REORDER_ELISION),
             warmup_batch=1, limits=DecodeLimits(max_pixels=defaults.MAX_PIXELS, draft=defaults.JPEG_DRAFT),
             decode_threads=self.workers, batching=True, max_batch_patches=self.batch_size * patches,
-            max_batch_delay_ms=0.0, max_queued=0, concurrency=1, retry_after=0)
+            max_batch_delay_ms=0.0, max_queued=0, concurrency=1,
+            adaptive_instances=False,  # one session (RuntimeOptions' instances default): nothing to spread
+            retry_after=0)
         return PipelineFactory(config, Metrics())
 
     def start(self) -> None:

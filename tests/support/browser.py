@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-# Debian's packages (apt-get install chromium chromium-driver); .ci/run installs them where apt is available.
+# Debian's packages (apt-get install chromium chromium-driver); `make test` installs them where apt is
+# available (scripts/test-deps.sh).
 # Both paths are given to Selenium explicitly, so Selenium Manager never runs (it would try to download them).
 CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
