@@ -120,13 +120,15 @@ RUN chmod 0755 /usr/local/bin/alexnet-healthcheck
 # comes from the NVIDIA Container Toolkit at run time); the directories do not exist in VARIANT=cpu.
 # ORT_DISABLE_TELEMETRY: ONNX Runtime's telemetry stays off (and stops warning that it cannot write its
 # device id: the service user has no home and the root filesystem may be read-only).
+# ALEXNET_LOG_FORMAT=json: one JSON object per log line, what a cluster's log collector parses (docs/api.md).
 ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib \
     ORT_DISABLE_TELEMETRY=1 \
     ALEXNET_MODEL_STORE=/models \
     ALEXNET_HOST=0.0.0.0 \
     ALEXNET_PORT=8000 \
     ALEXNET_WORKERS=1 \
-    ALEXNET_LOG_LEVEL=info
+    ALEXNET_LOG_LEVEL=info \
+    ALEXNET_LOG_FORMAT=json
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000

@@ -51,7 +51,7 @@ def test_serving_stage_is_non_root_healthchecked_and_configurable():
     assert entrypoint == '["alexnet-serve"]'
     env = " ".join(stage_args("serve", "ENV"))
     for setting in ("ALEXNET_MODEL_STORE=/models", "ALEXNET_HOST=0.0.0.0", "ALEXNET_PORT=8000",
-                    "ALEXNET_WORKERS=", "ALEXNET_LOG_LEVEL="):
+                    "ALEXNET_WORKERS=", "ALEXNET_LOG_LEVEL=", "ALEXNET_LOG_FORMAT=json"):
         assert setting in env
     assert "nvidia/cu13/lib" in env and "nvidia/cudnn/lib" in env, "onnxruntime-gpu must find the pip CUDA libraries"
     assert stage_args("serve", "EXPOSE") == ["8000"]
