@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -424,9 +425,9 @@ def test_real_server_shows_and_serves_imported_models(resnet18_file, bvlc_file, 
                     want = np.stack([e[crops].mean(axis=0) for e in expected])
                     np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE, err_msg=f"{name} {crops}")
                     assert want.max() > 0.01
-            assert c.get("/", timeout=30).status_code == 200
     finally:
-        assert stop_server(server) == 0
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it so the exit status shows the signal
+        assert stop_server(server) in (0, -signal.SIGTERM), server.log.read_text()
 
 
 # -- make serve -----------------------------------------------------------------------------------------------------
