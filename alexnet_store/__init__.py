@@ -8,6 +8,7 @@ sides import it without pulling in the other's stack.
 
 from alexnet_store.metadata import (
     FORMAT_VERSION,
+    Features,
     Label,
     MetadataError,
     ModelMetadata,
@@ -21,6 +22,7 @@ from alexnet_store.store import ModelNotFoundError, ModelStore, ModelVersion, St
 
 __all__ = [
     "FORMAT_VERSION",
+    "Features",
     "Label",
     "MetadataError",
     "ModelMetadata",

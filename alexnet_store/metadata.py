@@ -81,10 +81,23 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class Features:
+    """The network's penultimate layer, which the service can return beside the probabilities (issue 20: the paper's
+    section 6.1, Fig. 4): `name` is the tensor in the ONNX graph (a graph output of the exports made here, else any
+    value the graph computes), `dim` its width (float32 [N, dim]), `layer` what it is, in words (the paper's
+    AlexNet: ``fc7 (after ReLU)``)."""
+
+    name: str
+    dim: int
+    layer: str = ""
+
+
+@dataclass(frozen=True)
 class OnnxInfo:
     """The ONNX file of a version: its checksum (verified on load) and its I/O names. `output_kind` says whether the
     network's output is logits (the serving graph adds the softmax) or already probabilities (an imported graph that
-    ends in its own softmax, such as the ONNX zoo's BVLC AlexNet: the serving graph adds none)."""
+    ends in its own softmax, such as the ONNX zoo's BVLC AlexNet: the serving graph adds none). `features` names the
+    penultimate layer's tensor (`Features`); None for versions exported before issue 20, which serve no features."""
 
     file: str
     sha256: str
@@ -93,6 +106,7 @@ class OnnxInfo:
     output_name: str = "logits"
     output_kind: OutputKind = "logits"
     bytes: int = 0
+    features: Features | None = None  # added with issue 20
 
 
 @dataclass(frozen=True)
@@ -120,13 +134,17 @@ class Parity:
     """ONNX Runtime against PyTorch on real images, measured by the export that wrote the version: the network's
     logits on the ten crops (`reference` "pytorch"), or for an import the served probabilities (the service's
     patches through the serving graph) against `reference`: torchvision's forward on its own transforms, or the
-    original ONNX graph on numpy preprocessing, ten crops and the centre crop."""
+    original ONNX graph on numpy preprocessing, ten crops and the centre crop. `features_max_*` are the same
+    comparison for the features output (onnx.features) of an export that has one, checked against the same
+    tolerance."""
 
     max_abs_diff: float
     max_rel_diff: float
     tolerance: float
     images: int
     reference: str = "pytorch"
+    features_max_abs_diff: float | None = None  # issue 20: the features output (onnx.features), on the same crops
+    features_max_rel_diff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +240,11 @@ class ModelMetadata:
             )
         if min(pre.std) <= 0:
             raise MetadataError("preprocessing.std values must be positive")
+        features = meta.onnx.features
+        if features is not None and (features.dim < 1 or not features.name):
+            raise MetadataError("onnx.features needs a tensor name and a dim of at least 1")
+        if features is not None and features.name in (meta.onnx.input_name, meta.onnx.output_name):
+            raise MetadataError(f"onnx.features.name {features.name!r} is the graph's input or classification output")
         if pre.channel_order == "BGR" and pre.input_channels != 3:
             raise MetadataError("preprocessing.channel_order BGR needs 3 input channels")
         lighting = meta.training.lighting if meta.training is not None else None

@@ -65,7 +65,8 @@ class ServiceState:
                                    retry_after=settings.retry_after_seconds, metrics=metrics)
         self.shadows = Shadows(self.repository, self.admission, metrics, max_inflight=settings.shadow_max_inflight,
                                tracing=tracing)
-        self.dataplane = DataPlane(self.repository, self.admission, metrics, self.shadows)
+        self.dataplane = DataPlane(self.repository, self.admission, metrics, self.shadows,
+                                   max_neighbours=settings.search_max_neighbours)
 
     async def start(self) -> None:
         """Load what the version policies select; with `exit_on_load_failure`, exit if a model has no version."""

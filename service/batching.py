@@ -41,7 +41,7 @@ import numpy as np
 from service import requestctx
 from service.errors import Overloaded, ServiceUnavailable
 from service.metrics import Metrics
-from service.model import ClassifierModel
+from service.model import ClassifierModel, output_width
 from service.runner import InferenceRunner, Instances
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class BatchingRunner(InferenceRunner):
                 f"the model is busy: {self._queued_requests} requests are already waiting; retry shortly",
                 retry_after=self.retry_after, reason="overloaded")
         if len(patches) == 0:
-            return np.zeros((0, self.model.metadata.num_classes), np.float32)
+            return np.zeros((0, output_width(self.model.metadata)), np.float32)
         loop = asyncio.get_running_loop()
         starts = range(0, len(patches), self.max_batch)
         request = _Request(chunks_left=len(starts))

@@ -19,6 +19,13 @@ format into `Inputs` and encodes the `Answer` back; everything between is here, 
 7. **shadow copies**: a routed request that answered is copied to the model's shadow versions that its id
    selects (service/shadow.py: run after the answer, never failing it, shed first under load).
 
+**Features and search** (issue 20, the paper's section 6.1): a request may ask for the version's features (its
+penultimate layer, from the same run as the probabilities: `Inputs.features`) or for each image's nearest gallery
+images (`Inputs.neighbours` = k). Both are refused before anything is decoded when the version cannot answer them:
+400 (``reason: no_features``) for a version exported without a features output, 404 (``no_gallery``) for one without
+a gallery, 422 for a k outside 1 … min(gallery size, `max_neighbours`). The search runs after the pipeline, on the
+images' features averaged over their patches, in the version's newest gallery generation (service/gallery.py).
+
 Each request is counted and timed per version (``alexnet_version_requests_total{model, version, code}``,
 ``alexnet_version_request_duration_seconds``), and its model, version, routing, crop scheme, images and step
 timings are noted on its `service.requestctx.RequestRecord` (its log line and trace).
@@ -30,10 +37,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import anyio.to_thread
+import numpy as np
+
 from alexnet_store.vocabulary import CropScheme
 from service import requestctx
 from service.admission import Admission, Ticket
-from service.errors import ImageRejected, ServiceError, Unprocessable
+from service.errors import BadRequest, ImageRejected, NotFound, ServiceError, ServiceUnavailable, Unprocessable
+from service.gallery import GalleryError, Hits, LoadedGallery
 from service.metrics import Metrics
 from service.pipeline import Pipeline, PipelineResult
 from service.repository import ModelRepository
@@ -53,6 +64,9 @@ class Inputs:
     top_k: int = 0  # classes to rank per image; 0: none (the transport wants the probabilities only)
     top_k_field: str = "top_k"  # how the transport names top_k in an error ("query parameter 'top_k'")
     filenames: list[str] | None = None  # the uploads' file names, which errors carry as `filename`
+    features: bool = False  # the transport answers with the features (the version must have them)
+    neighbours: int = 0  # the k nearest gallery images of each image; 0: no search
+    neighbours_field: str = "k"  # how the transport names k in an error
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,8 @@ class Answer:
     scheme: CropScheme
     result: PipelineResult
     read_seconds: float  # from admission to the decoded inputs
+    gallery: LoadedGallery | None = None  # the generation searched (with neighbours)
+    hits: list[Hits] | None = None  # per image, its neighbours in `gallery`, nearest first
 
 
 Reader = Callable[[Pipeline, Ticket], Awaitable[Inputs]]
@@ -69,17 +85,46 @@ Reader = Callable[[Pipeline, Ticket], Awaitable[Inputs]]
 
 class DataPlane:
     def __init__(self, repository: ModelRepository, admission: Admission, metrics: Metrics,
-                 shadows: Shadows | None = None) -> None:
+                 shadows: Shadows | None = None, *, max_neighbours: int) -> None:
+        """`max_neighbours`: the most gallery images one search returns per image (Settings.search_max_neighbours,
+        where its default lives)."""
         self.repository = repository
         self.admission = admission
         self.metrics = metrics
         self.shadows = shadows
+        self.max_neighbours = max_neighbours
 
     @staticmethod
     def check_top_k(pipeline: Pipeline, top_k: int, field: str) -> None:
         if not 1 <= top_k <= pipeline.num_classes:
             raise Unprocessable(f"{field}: must be between 1 and {pipeline.num_classes} (the model's classes), "
                                 f"got {top_k}", reason="top_k")
+
+    @staticmethod
+    def check_features(pipeline: Pipeline) -> None:
+        if pipeline.features is None:
+            raise BadRequest(f"model {pipeline.name!r} version {pipeline.version} has no features output (its "
+                             "metadata names no onnx.features: it was exported before features existed); export it "
+                             "again with alexnet-export to get features or search a gallery", reason="no_features")
+
+    async def gallery(self, pipeline: Pipeline) -> LoadedGallery:
+        """The version's newest gallery generation: NotFound without one, 503 if it cannot be loaded."""
+        try:
+            gallery = await pipeline.gallery.current()
+        except GalleryError as exc:
+            raise ServiceUnavailable(f"model {pipeline.name!r} version {pipeline.version}: {exc}", retry_after=1,
+                                     reason="gallery_unavailable") from exc
+        if gallery is None:
+            raise NotFound(f"model {pipeline.name!r} version {pipeline.version} has no gallery: build one with "
+                           f"'alexnet-index build DIR --model {pipeline.name} --version {pipeline.version}'",
+                           reason="no_gallery")
+        return gallery
+
+    def check_neighbours(self, gallery: LoadedGallery, k: int, field: str) -> None:
+        most = min(gallery.count, self.max_neighbours)
+        if not 1 <= k <= most:
+            raise Unprocessable(f"{field}: must be between 1 and {most} (the gallery's {gallery.count} images, at "
+                                f"most {self.max_neighbours}), got {k}", reason="neighbours")
 
     async def infer(self, model: str | None, version: int | None, declared_bytes: int | None,
                     read: Reader) -> Answer:
@@ -128,6 +173,12 @@ class DataPlane:
             raise
         if inputs.top_k:
             self.check_top_k(pipeline, inputs.top_k, inputs.top_k_field)
+        gallery = None
+        if inputs.features or inputs.neighbours:
+            self.check_features(pipeline)
+        if inputs.neighbours:
+            gallery = await self.gallery(pipeline)
+            self.check_neighbours(gallery, inputs.neighbours, inputs.neighbours_field)
         read_end = time.perf_counter()
         read_seconds = read_end - start
         self.metrics.request_images.observe(len(inputs.images))
@@ -144,7 +195,14 @@ class DataPlane:
         if bad is not None:  # the first bad image in request order fails the request
             filename = inputs.filenames[bad.position] if inputs.filenames else None
             raise ImageRejected(inputs.names[bad.position], bad.error, filename=filename)
-        return Answer(pipeline, inputs, scheme, result, read_seconds)
+        hits = None
+        if gallery is not None:
+            searched = time.perf_counter()
+            queries = np.stack([image.schemes[scheme].features for image in result.images])
+            hits = await anyio.to_thread.run_sync(gallery.search, queries, inputs.neighbours)
+            if record is not None:
+                record.step("search", searched, time.perf_counter())
+        return Answer(pipeline, inputs, scheme, result, read_seconds, gallery, hits)
 
 
 def note_steps(record: requestctx.RequestRecord, called: float, result: PipelineResult) -> None:

@@ -20,6 +20,10 @@ with only decoding and cropping on its side. The constants come from the model's
 
 A network whose graph ends in its own softmax (`onnx.output_kind` "probabilities", an imported ONNX classifier)
 gets no second one: its output is the serving graph's.
+
+A version whose metadata names its penultimate layer (`onnx.features`: the paper's fc7 after its ReLU, the d2l
+networks' pooled features; issue 20) gets a second output, ``features`` float32 [N, D], that tensor as the network
+computes it in the same run (an Identity: nothing is computed twice). Older versions have the one output.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from alexnet_store.vocabulary import PIXEL_MAX
 
 GRAPH_INPUT = "images"
 GRAPH_OUTPUT = "probabilities"
+GRAPH_FEATURES = "features"
 
 
 def _normalise(pre, net_input: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -90,4 +95,25 @@ def build_serving_model(network: onnx.ModelProto, metadata: ModelMetadata) -> on
         GRAPH_INPUT, TensorProto.UINT8, ["batch", pre.crop_size, pre.crop_size, 3]))
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(GRAPH_OUTPUT, TensorProto.FLOAT, ["batch", metadata.num_classes]))
+    features = metadata.onnx.features
+    if features is not None:
+        _expose_features(g, features.name, features.dim)
     return wrapped
+
+
+def _expose_features(g: onnx.GraphProto, name: str, dim: int) -> None:
+    """The network's tensor `name` as the graph output ``features`` (the tensor renamed first when the network
+    itself calls it ``features``, as the exports made here do)."""
+    if not any(name in node.output for node in g.node):
+        raise ValueError(f"the ONNX graph computes no tensor {name!r} (metadata onnx.features.name)")
+    if name == GRAPH_FEATURES:
+        renamed = "network_" + name
+        for node in g.node:
+            node.input[:] = [renamed if i == name else i for i in node.input]
+            node.output[:] = [renamed if o == name else o for o in node.output]
+        for info in g.value_info:
+            if info.name == name:
+                info.name = renamed
+        name = renamed
+    g.node.append(helper.make_node("Identity", [name], [GRAPH_FEATURES]))
+    g.output.append(helper.make_tensor_value_info(GRAPH_FEATURES, TensorProto.FLOAT, ["batch", dim]))

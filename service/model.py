@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from alexnet_store import ModelVersion
+from alexnet_store import ModelMetadata, ModelVersion
 from service.defaults import (
     CPU_REORDER_ELISION,
     CUDNN_CONV_ALGO_SEARCH,
@@ -26,7 +26,7 @@ from service.defaults import (
     INTRA_OP_SPINNING,
     INTRA_OP_THREADS,
 )
-from service.graph import GRAPH_INPUT, GRAPH_OUTPUT, build_serving_model
+from service.graph import GRAPH_FEATURES, GRAPH_INPUT, GRAPH_OUTPUT, build_serving_model
 from service.session import ElisionReport, Prepare, cpu_sessions, run_here, session_options
 
 if TYPE_CHECKING:
@@ -39,6 +39,17 @@ CPU = "CPUExecutionProvider"
 
 
 CudnnConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+
+
+def features_dim(metadata: ModelMetadata) -> int:
+    """The width of a version's features output (its penultimate layer, `onnx.features`); 0: none."""
+    features = metadata.onnx.features
+    return features.dim if features is not None else 0
+
+
+def output_width(metadata: ModelMetadata) -> int:
+    """Columns of each row `ClassifierModel.predict` returns: the classes, then the features when there are any."""
+    return metadata.num_classes + features_dim(metadata)
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,11 @@ class ClassifierModel:
     def ready(self) -> bool:
         return self.session is not None
 
+    @property
+    def features_dim(self) -> int:
+        """The width of the version's features output (its penultimate layer, `onnx.features`); 0: none."""
+        return features_dim(self.metadata)
+
     def load(self, warmup_batch: int = 10, prepare: Prepare = run_here) -> None:
         """Verify the checksum, build the serving graph, open the session, and run it once.
 
@@ -192,7 +208,9 @@ class ClassifierModel:
 
     # -- predict ----------------------------------------------------------------------------------------
     def predict(self, patches: np.ndarray, *, release_memory: bool = False, instance: int | None = None) -> np.ndarray:
-        """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K] (one run, any M).
+        """uint8 patches [M, crop, crop, 3] → softmax probabilities [M, K] (one run, any M); for a version with a
+        features output, [M, K + D]: each row its probabilities followed by its features, from the same run (one
+        array, so the runners and the batcher split and join rows without knowing; the pipeline splits columns).
 
         ONNX Runtime keeps the activations' memory in an arena that only grows: one run of 80 patches of the
         1,000-class network takes the process from 0.86 to 1.64 GB and it stays there. With `release_memory`
@@ -207,8 +225,11 @@ class ClassifierModel:
             raise RuntimeError("model not loaded")
         session = self.session if instance is None else self.instances[instance]
         options = self._release if release_memory else None
-        (probs,) = session.run([GRAPH_OUTPUT], {GRAPH_INPUT: patches}, options)
-        return probs
+        if not self.features_dim:
+            (probs,) = session.run([GRAPH_OUTPUT], {GRAPH_INPUT: patches}, options)
+            return probs
+        probs, features = session.run([GRAPH_OUTPUT, GRAPH_FEATURES], {GRAPH_INPUT: patches}, options)
+        return np.concatenate([probs, features], axis=1)
 
     def release_memory(self) -> None:
         """Give back the arena's spare memory: a one-patch run that shrinks the arena at its end."""

@@ -7,7 +7,18 @@ over the protocol, for every model in the store:
   ...); the service decodes and cuts it exactly as ``POST /predict`` does;
 - one output, ``probabilities``: FP32 ``[N, classes]``, the softmax averaged over the crop scheme's patches;
   with Triton's classification extension (``"parameters": {"classification": K}`` on the requested output)
-  it is instead BYTES ``[N, K]`` of ``"probability:index:label"`` strings, highest first.
+  it is instead BYTES ``[N, K]`` of ``"probability:index:label"`` strings, highest first;
+- for a version with a features output (its penultimate layer, metadata ``onnx.features``), a second output,
+  ``features``: FP32 ``[N, D]``, averaged over the crop scheme's patches like the probabilities, or with
+  ``"parameters": {"patches": true}`` on the requested output FP32 ``[N, P, D]``, each patch's own (P = 10 or 1).
+  It is sent only when asked for (``outputs`` naming it).
+
+The gallery search (``POST /v2/models/{m}/search``, the paper's Fig. 4) takes the same request body — the images
+as the ``image`` input — with the parameter ``k`` (neighbours per image, default `DEFAULT_NEIGHBOURS`), and answers in
+the same response format with the outputs `SEARCH_OUTPUTS` (default: all but ``thumbnails``): ``neighbours`` INT64
+``[N, k]`` (gallery positions, nearest first), ``distances`` FP32 ``[N, k]`` (Euclidean, between the averaged
+features), ``labels``, ``predicted`` and ``files`` BYTES ``[N, k]`` (each gallery image's class folder, the model's
+top-1 for it, its path in the indexed folder), ``thumbnails`` BYTES ``[N, k]`` (96×96 JPEG files).
 
 Request body: JSON, where a BYTES element is a base64 string (KServe's own examples send images so), or the
 binary tensor data extension: the JSON header is the first ``Inference-Header-Content-Length`` bytes and each
@@ -38,6 +49,10 @@ from service.errors import BadRequest, PayloadTooLarge
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PROTOCOL_INPUT = "image"
 PROTOCOL_OUTPUT = "probabilities"
+PROTOCOL_FEATURES = "features"
+SEARCH_OUTPUTS = ("neighbours", "distances", "labels", "predicted", "files", "thumbnails")
+SEARCH_DEFAULT_OUTPUTS = SEARCH_OUTPUTS[:-1]
+DEFAULT_NEIGHBOURS = 5
 PROTOCOL_INPUT_DATATYPE = "BYTES"
 PROTOCOL_OUTPUT_DATATYPE = "FP32"
 PLATFORM = "onnxruntime_onnx"
@@ -58,6 +73,7 @@ class RequestedOutput:
     name: str
     binary: bool
     classification: int = 0  # top-K strings instead of probabilities when > 0
+    patches: bool = False  # features: each patch's [N, P, D] instead of their mean [N, D]
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,11 @@ class InferRequest:
     images: list[bytes]
     crops: str | None
     outputs: list[RequestedOutput]
+    k: int = 0  # a search's neighbours per image
+
+    @property
+    def features(self) -> bool:
+        return any(o.name == PROTOCOL_FEATURES for o in self.outputs)
 
     @property
     def classification(self) -> tuple[int, str]:
@@ -115,9 +136,10 @@ def _flatten(data: Any, where: str) -> list[Any]:
     return out
 
 
-def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int,
-                        max_image_bytes: int) -> InferRequest:
-    """An infer request's body → the images and what to answer; BadRequest/PayloadTooLarge naming the field."""
+def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int, max_image_bytes: int,
+                        search: bool = False) -> InferRequest:
+    """An infer request's body → the images and what to answer; BadRequest/PayloadTooLarge naming the field. With
+    `search`, a search request's: the same body, the parameter ``k`` and the search's outputs."""
     binary = b""
     if header_length is not None:
         if not header_length.strip().isdigit() or not 0 < int(header_length) <= len(body):
@@ -193,22 +215,37 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
             raise PayloadTooLarge(f"{where} element {i} is larger than the limit of {max_image_bytes:,} bytes",
                                   reason="too_large")
 
+    if search:
+        k = _field(parameters.get("k", DEFAULT_NEIGHBOURS), "parameters.k", int, "a count of neighbours")
+        if k < 1:  # the upper bound, the gallery's size, is the dataplane's rule
+            raise BadRequest(f"parameters.k: expected a count of neighbours >= 1, got {k}", reason="bad_parameter")
+        names, default = SEARCH_OUTPUTS, [{"name": n} for n in SEARCH_DEFAULT_OUTPUTS]
+    else:
+        k, names, default = 0, (PROTOCOL_OUTPUT, PROTOCOL_FEATURES), [{"name": PROTOCOL_OUTPUT}]
     outputs = []
-    for j, spec in enumerate(_field(request.get("outputs", [{"name": PROTOCOL_OUTPUT}]), "outputs", list, "a list")):
+    for j, spec in enumerate(_field(request.get("outputs", default), "outputs", list, "a list")):
         at = f"outputs[{j}]"
         _field(spec, at, dict, "an object")
-        if spec.get("name") != PROTOCOL_OUTPUT:
-            raise BadRequest(f"{at}.name: unknown output {json.dumps(spec.get('name'))} (this model's output is "
-                             f"{PROTOCOL_OUTPUT!r})", reason="unknown_output")
+        name = spec.get("name")
+        if name not in names:
+            raise BadRequest(f"{at}.name: unknown output {json.dumps(name)} (the outputs are "
+                             f"{', '.join(map(repr, names))})", reason="unknown_output")
         params = _field(spec.get("parameters", {}), f"{at}.parameters", dict, "an object")
         classes = params.get("classification", 0)
         _field(classes, f"{at}.parameters.classification", int, "a class count")
         if classes < 0:  # the upper bound, the model's classes, is the dataplane's rule for every transport
             raise BadRequest(f"{at}.parameters.classification: expected a class count >= 1, got {classes}",
                              reason="bad_parameter")
+        if classes and name != PROTOCOL_OUTPUT:
+            raise BadRequest(f"{at}.parameters.classification: only the {PROTOCOL_OUTPUT!r} output ranks classes",
+                             reason="bad_parameter")
+        patches = _bool(params.get("patches", False), f"{at}.parameters.patches")
+        if patches and name != PROTOCOL_FEATURES:
+            raise BadRequest(f"{at}.parameters.patches: only the {PROTOCOL_FEATURES!r} output has one per patch",
+                             reason="bad_parameter")
         binary_out = _bool(params.get("binary_data", binary_default), f"{at}.parameters.binary_data")
-        outputs.append(RequestedOutput(PROTOCOL_OUTPUT, binary_out, classes))
-    return InferRequest(request_id, images, crops, outputs)
+        outputs.append(RequestedOutput(name, binary_out, classes, patches))
+    return InferRequest(request_id, images, crops, outputs, k)
 
 
 def classification_strings(top: Sequence[Sequence[Ranked]], k: int) -> np.ndarray:
@@ -226,24 +263,28 @@ def _serialize_bytes(values: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def encode_infer_response(request: InferRequest, *, model_name: str, model_version: int, probabilities: np.ndarray,
-                          top: Sequence[Sequence[Ranked]], parameters: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers: JSON, or a JSON header plus binary tensors when any output asks for them."""
+_WIRE = {"FP32": "<f4", "INT64": "<i8"}
+
+
+def _data(value: Any) -> Any:
+    return base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+
+
+def encode_tensors(request: InferRequest, tensors: Sequence[tuple[RequestedOutput, str, np.ndarray]], *,
+                   model_name: str, model_version: int, parameters: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """(requested output, datatype, tensor) → the response body and headers: JSON, or a JSON header plus binary
+    tensors when any output asks for them. In JSON a BYTES element that is not text (a thumbnail) is base64."""
     outputs, blobs = [], []
-    for spec in request.outputs:
-        if spec.classification:
-            tensor = classification_strings(top, spec.classification)
-            datatype = "BYTES"
-        else:
-            tensor = probabilities.astype(np.float32, copy=False)
-            datatype = PROTOCOL_OUTPUT_DATATYPE
+    for spec, datatype, tensor in tensors:
         out: dict[str, Any] = {"name": spec.name, "datatype": datatype, "shape": list(tensor.shape)}
         if spec.binary:
-            blob = _serialize_bytes(tensor) if datatype == "BYTES" else np.ascontiguousarray(tensor, "<f4").tobytes()
+            blob = (_serialize_bytes(tensor) if datatype == "BYTES" else
+                    np.ascontiguousarray(tensor, _WIRE[datatype]).tobytes())
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            out["data"] = tensor.reshape(-1).tolist()
+            data = tensor.reshape(-1).tolist()
+            out["data"] = [_data(v) for v in data] if datatype == "BYTES" else data
         outputs.append(out)
     header = {"model_name": model_name, "model_version": str(model_version), "parameters": parameters,
               "outputs": outputs}
@@ -253,3 +294,22 @@ def encode_infer_response(request: InferRequest, *, model_name: str, model_versi
     if not blobs:
         return text, {"content-type": "application/json"}
     return text + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+
+
+def encode_infer_response(request: InferRequest, *, model_name: str, model_version: int, probabilities: np.ndarray,
+                          top: Sequence[Sequence[Ranked]], parameters: dict[str, Any],
+                          features: np.ndarray | None = None, patch_features: np.ndarray | None = None
+                          ) -> tuple[bytes, dict[str, str]]:
+    """An infer answer: each requested output (probabilities, classification strings, features [N, D] or per patch
+    [N, P, D]) in its wire format."""
+    tensors = []
+    for spec in request.outputs:
+        if spec.name == PROTOCOL_FEATURES:
+            tensor = patch_features if spec.patches else features
+            assert tensor is not None, "the dataplane refuses features for a version without them"
+            tensors.append((spec, "FP32", tensor.astype(np.float32, copy=False)))
+        elif spec.classification:
+            tensors.append((spec, "BYTES", classification_strings(top, spec.classification)))
+        else:
+            tensors.append((spec, PROTOCOL_OUTPUT_DATATYPE, probabilities.astype(np.float32, copy=False)))
+    return encode_tensors(request, tensors, model_name=model_name, model_version=model_version, parameters=parameters)

@@ -24,7 +24,9 @@ The steps:
    `InferenceRunner` in one call; the dynamic batcher may run them together with other requests' patches, and
    splits calls larger than its maximum batch.
 3. **postprocess** — the rows are split back per image and scheme; the softmax probabilities (computed in
-   the serving graph) are averaged over each scheme's patches, and the top-k are taken.
+   the serving graph) are averaged over each scheme's patches, and the top-k are taken. A version with a features
+   output (its penultimate layer, issue 20) returns it from the same run, in the same rows (service/model.py): the
+   features are averaged over the patches the same way, and kept per patch too.
 
 Nothing here imports FastAPI: `alexnet-eval` runs the same pipeline where only ONNX Runtime is installed.
 """
@@ -43,8 +45,9 @@ import numpy as np
 from alexnet_store import ModelVersion
 from alexnet_store.vocabulary import CropScheme
 from service.batching import BatchingRunner
+from service.gallery import GalleryHandle
 from service.metrics import Metrics
-from service.model import ClassifierModel, RuntimeOptions
+from service.model import ClassifierModel, RuntimeOptions, output_width
 from service.preprocess import DecodeLimits, ImageError, PreparedImage, prepare_image
 from service.runner import InferenceRunner, ThreadRunner
 from service.session import Prepare, run_here
@@ -65,6 +68,8 @@ class SchemeResult:
     probabilities: np.ndarray  # float32 [K]: the softmax averaged over the scheme's patches
     patch_probabilities: np.ndarray  # float32 [n, K]: each patch's softmax, from the same run
     top: tuple[Prediction, ...]  # the top-k of `probabilities`, highest first
+    features: np.ndarray | None = None  # float32 [D]: the penultimate layer averaged over the patches (None: none)
+    patch_features: np.ndarray | None = None  # float32 [n, D]: each patch's, from the same run
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class Pipeline:
         self.preprocessing = meta.preprocessing
         self.labels = meta.labels
         self.num_classes = meta.num_classes
+        self.features = meta.onnx.features  # what the features output is (None: the version has none)
+        self.gallery = GalleryHandle(model.version.path)  # its image gallery, read when a search asks (lazily)
 
     # -- the steps ---------------------------------------------------------------------------------------------
     def prepare(self, data: bytes, schemes: Sequence[CropScheme]) -> PreparedImage:
@@ -142,9 +149,10 @@ class Pipeline:
                                            for data in images)))
 
     async def predict(self, patches: list[np.ndarray]) -> np.ndarray:
-        """All patches in one runner call (the batcher may share the run with other requests): [M, K]."""
+        """All patches in one runner call (the batcher may share the run with other requests): [M, K], or [M, K + D]
+        with the features."""
         if not patches:
-            return np.zeros((0, self.num_classes), np.float32)
+            return np.zeros((0, output_width(self.model.metadata)), np.float32)
         return await self.runner.infer(patches[0] if len(patches) == 1 else np.concatenate(patches))
 
     def top_k(self, probabilities: np.ndarray, k: int) -> tuple[Prediction, ...]:
@@ -163,11 +171,18 @@ class Pipeline:
         """Split the rows back: `layout` lists (image position, scheme, patches) in the order they were batched."""
         out: dict[int, dict[str, SchemeResult]] = {}
         offset = 0
+        k = self.num_classes
         for position, scheme, count in layout:
             rows = probs[offset:offset + count]
             offset += count
             mean = rows.mean(axis=0)
-            out.setdefault(position, {})[scheme] = SchemeResult(mean, rows, self.top_k(mean, top_k))
+            features = patch_features = None
+            if rows.shape[1] > k:  # the features columns (a runner may answer the probabilities only)
+                patch_features, mean_features = rows[:, k:], mean[k:]
+                rows, mean = rows[:, :k], mean[:k]
+                features = mean_features
+            out.setdefault(position, {})[scheme] = SchemeResult(mean, rows, self.top_k(mean, top_k), features,
+                                                                patch_features)
         return out
 
     # -- the composition ---------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class PatchResult(_Base):
     predictions: list[Prediction] = Field(
         description="this patch's own top-k: its softmax, from the same model run the averaged predictions come "
                     "from (their mean over the patches is the average), highest first")
+    features: list[float] | None = Field(None, description="only with features=true: this patch's own features "
+                                                           "(the version's penultimate layer), from the same run")
 
 
 class PatchDetails(_Base):
@@ -67,6 +69,28 @@ class PatchDetails(_Base):
                                                    "order): 10 with crops=ten, 1 with crops=center")
 
 
+class Neighbour(_Base):
+    """One gallery image near the uploaded one (the paper's Fig. 4), from `neighbours=k`."""
+
+    position: int = Field(description="its row in the gallery generation searched", examples=[17])
+    file: str = Field(description="its path in the indexed folder", examples=["n02123045/cat_0017.jpg"])
+    label: str = Field(description="its class folder's name (\"\" when it was at the folder's top level)",
+                       examples=["n02123045"])
+    predicted: str = Field(description="the model's top-1 class for it when it was indexed", examples=["tabby"])
+    distance: float = Field(description="Euclidean distance between its features and the upload's (both averaged "
+                                        "over the crop scheme's patches)", examples=[41.7])
+    thumbnail: str | None = Field(None, description="its 96×96 JPEG thumbnail as a data URL (when the gallery "
+                                                    "keeps thumbnails)")
+
+
+class GalleryRef(_Base):
+    generation: int = Field(description="the gallery generation searched (a new one is used without a restart)",
+                            examples=[3])
+    size: int = Field(description="images in it", examples=[1000])
+    search: Literal["flat", "hnsw"] = Field(description="flat: exact search; hnsw: the approximate index of a "
+                                                        "large gallery", examples=["flat"])
+
+
 class ImageResult(_Base):
     filename: str = Field(examples=["cat.jpg"])
     predictions: list[Prediction] = Field(description="top-k classes, highest probability first")
@@ -74,6 +98,11 @@ class ImageResult(_Base):
     preprocess_ms: float = Field(description="decode + resize + crop of this image", examples=[6.1])
     details: PatchDetails | None = Field(None, description="only with details=patches: each patch's own top-k "
                                                            "and where it lies")
+    features: list[float] | None = Field(None, description="only with features=true: the version's penultimate "
+                                                           "layer (AlexNet's fc7 after ReLU, 4096 values), averaged "
+                                                           "over the crop scheme's patches")
+    neighbours: list[Neighbour] | None = Field(None, description="only with neighbours=k: the k nearest gallery "
+                                                                 "images by Euclidean distance, nearest first")
 
 
 class Timing(_Base):
@@ -90,6 +119,7 @@ class PredictResponse(_Base):
     provider: str = Field(description="ONNX Runtime execution provider that ran the model",
                           examples=["CPUExecutionProvider"])
     results: list[ImageResult] = Field(description="one per uploaded file, in upload order")
+    gallery: GalleryRef | None = Field(None, description="only with neighbours=k: the gallery searched")
     timing: Timing
 
 
@@ -192,6 +222,10 @@ class V2ModelMetadata(_Base):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = Field(
+        None, description="the served version's preprocessing and source, as scalars (the protocol's optional "
+                          "parameters)", examples=[{"resize_size": 256, "crop_size": 224, "channel_order": "RGB",
+                                                    "source": "torchvision", "source_arch": "alexnet"}])
 
 
 class IndexEntry(_Base):

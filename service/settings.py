@@ -279,6 +279,11 @@ class Settings(BaseSettings):
                                "join its run when the model is free and the batch is not full")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 503 answers")
 
+    # -- gallery search (service/gallery.py, issue 20) -------------------------------------------------------------
+    search_max_neighbours: int = Field(
+        100, ge=1, description="the most gallery images one search returns per image (its k; at most the gallery's "
+                               "size)")
+
     # Set by alexnet-serve: a worker whose model fails to load exits (code 3) instead of staying unready.
     exit_on_load_failure: bool = False
 

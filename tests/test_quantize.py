@@ -81,7 +81,7 @@ def test_splitting_grouped_convs_keeps_the_function(exported) -> None:
     assert quantize.split_grouped_convs(model) == 3
     onnx.checker.check_model(model)
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
-    (want,), (got,) = (ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    (want,), (got,) = (ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})
                        for m in (before, model.SerializeToString()))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
@@ -259,6 +259,6 @@ def test_gate_refuses_a_broken_calibration_and_force_publishes_it(prototype_chec
     for crops in ten_crop_inputs(load_images([folder / n for n in check["disagreements"]]), Preprocessing()):
         with torch.inference_mode():
             want = int(model(crops).softmax(dim=1).mean(dim=0).argmax())
-        (logits,) = session.run(None, {"input": crops.numpy()})
+        (logits,) = session.run(["logits"], {"input": crops.numpy()})
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         assert int(np.argmax((e / e.sum(axis=1, keepdims=True)).mean(axis=0))) != want

@@ -46,7 +46,8 @@ def test_tritonclient_http(server):
         assert not client.is_model_ready("nope")
         meta = client.get_model_metadata("testnet")
         assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
-        assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+        assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                                   {"name": "features", "datatype": "FP32", "shape": [-1, 4096]}]  # issue 20
         config = client.get_model_config("testnet")
         assert config["max_batch_size"] >= 2 and config["input"][0]["name"] == "image"
 

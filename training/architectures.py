@@ -330,6 +330,57 @@ def describe(model: nn.Module) -> dict:
     return {"name": name, "num_classes": model.num_classes, "parameters": count_parameters(model)}
 
 
+class Penultimate(nn.Module):
+    """A network as ``x → (logits, features)``: `body` computes the penultimate layer's activations, `head` the
+    logits from them, `pool` (NiN, whose last layer is a convolution) averages the body's maps into a vector first.
+    In eval mode ``head(body(x))`` is the network's own forward, layer for layer (the dropout between them is the
+    identity), so the export's logits are unchanged; training/export.py exports this with two outputs."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, layer: str, pool: bool = False) -> None:
+        super().__init__()
+        self.body, self.head, self.layer, self.pool = body, head, layer, pool
+        self.num_classes = getattr(head, "num_classes", None)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(x)
+        features = hidden.mean(dim=(2, 3)) if self.pool else hidden
+        return self.head(hidden), features
+
+
+class _AlexNetBody(nn.Module):
+    def __init__(self, model: AlexNet) -> None:
+        super().__init__()
+        self.features, self.hidden = model.features, model.classifier[:-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden(torch.flatten(self.features(x), 1))
+
+
+def penultimate(model: nn.Module) -> Penultimate:
+    """The network split at its penultimate layer (the paper's section 6.1: "the feature activations induced by an
+    image at the last, 4096-dimensional hidden layer"):
+
+    - the paper's AlexNet: fc7's output after its ReLU (and the dropout after it, the identity in eval mode): the
+      input of fc8;
+    - a ``nn.Sequential`` that ends in a linear layer (d2l-alexnet and VGG: the second 4096-unit layer after its
+      ReLU; GoogLeNet, ResNet and DenseNet: their global pooling, flattened): that layer's input;
+    - NiN, which ends in a NiN block of `num_classes` maps, global average pooling and a flatten: the last block's
+      input (384 maps), global average pooled the same way.
+    """
+    if isinstance(model, AlexNet):
+        return Penultimate(_AlexNetBody(model), model.classifier[-1], "fc7 (after ReLU)")
+    if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
+        widths = [m.out_features for m in model if isinstance(m, nn.Linear)]
+        layer = (f"the second {widths[-2]}-unit layer (after ReLU)" if len(widths) > 1 else
+                 f"the pooled features ({model[-1].in_features})")
+        return Penultimate(model[:-1], model[-1], layer)
+    if (isinstance(model, nn.Sequential) and len(model) > 3 and isinstance(model[-1], nn.Flatten)
+            and isinstance(model[-2], nn.AdaptiveAvgPool2d) and isinstance(model[-3], nn.Sequential)):
+        channels = model[-3][0].in_channels
+        return Penultimate(model[:-3], model[-3:], f"the last block's input, average pooled ({channels})", pool=True)
+    raise ArchError(f"no penultimate layer known for {type(model).__name__}")
+
+
 def input_shape(model: nn.Module, size: int) -> tuple[int, int, int]:
     """(channels, size, size) of the network's input, from its first convolution."""
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from alexnet_store import (
+    Features,
     Label,
     ModelMetadata,
     ModelStore,
@@ -34,27 +35,39 @@ from alexnet_store.metadata import Architecture
 from alexnet_store.store import sha256_of
 from alexnet_store.vocabulary import IMAGE_SUFFIXES
 from training.alexnet import INPUT_SIZE
-from training.architectures import describe, input_shape
+from training.architectures import describe, input_shape, penultimate
 from training.presets import ten_crop_transform
 
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4
+LOGITS_OUTPUT = "logits"
+FEATURES_OUTPUT = "features"  # the penultimate layer (training/architectures.py `penultimate`), issue 20
 
 
 class ExportError(RuntimeError):
     pass
 
 
-def export_onnx(model: nn.Module, path: Path, opset: int = DEFAULT_OPSET, input_size: int = INPUT_SIZE) -> None:
-    """Write `model` as ONNX with a dynamic batch dimension: input float32 [N, C, size, size] → logits [N, K]."""
+def export_onnx(model: nn.Module, path: Path, opset: int = DEFAULT_OPSET, input_size: int = INPUT_SIZE,
+                features: bool = True) -> Features | None:
+    """Write `model` as ONNX with a dynamic batch dimension: input float32 [N, C, size, size] → logits [N, K] and,
+    with `features`, its penultimate layer as a second output, ``features`` float32 [N, D] (what it is: `Features`,
+    returned for the metadata)."""
     model = model.eval().cpu()
     example = torch.zeros(2, *input_shape(model, input_size))
     batch = torch.export.Dim("batch", min=1, max=4096)
+    split = penultimate(model).eval() if features else None
+    outputs = [LOGITS_OUTPUT, FEATURES_OUTPUT] if split is not None else [LOGITS_OUTPUT]
     torch.onnx.export(
-        model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
-        input_names=["input"], output_names=["logits"], dynamic_shapes=({0: batch},),
+        split if split is not None else model, (example,), str(path), dynamo=True, opset_version=opset,
+        external_data=False, input_names=["input"], output_names=outputs, dynamic_shapes=({0: batch},),
     )
     onnx.checker.check_model(str(path))
+    if split is None:
+        return None
+    with torch.inference_mode():
+        dim = int(split(example[:1])[1].shape[1])
+    return Features(name=FEATURES_OUTPUT, dim=dim, layer=split.layer)
 
 
 def parity_images(directory: Path | None, limit: int = 4) -> list[Image.Image]:
@@ -85,19 +98,34 @@ def ten_crop_inputs(images: Sequence[Image.Image], pre: Preprocessing) -> list[t
     return [transform(img) for img in images]
 
 
+def _differences(got: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """The largest absolute difference, and it relative to the largest reference value."""
+    max_abs = float(np.max(np.abs(got - reference)))
+    return max_abs, max_abs / max(float(np.max(np.abs(reference))), 1e-12)
+
+
 def check_parity(model: nn.Module, onnx_path: Path, images: Sequence[Image.Image], pre: Preprocessing,
-                 tolerance: float = PARITY_TOLERANCE) -> Parity:
-    """Compare ONNX Runtime (CPU) with PyTorch on the ten crops of each image, in one dynamic batch."""
+                 tolerance: float = PARITY_TOLERANCE, features: Features | None = None) -> Parity:
+    """Compare ONNX Runtime (CPU) with PyTorch on the ten crops of each image, in one dynamic batch: the logits
+    and, when the file has them, the features (PyTorch's from the same split of the network the export wrote)."""
     import onnxruntime as ort
 
     batch = torch.cat(ten_crop_inputs(images, pre))
+    model = model.eval().cpu()
     with torch.inference_mode():
-        reference = model.eval().cpu()(batch).numpy()
+        if features is not None:
+            reference, reference_features = (t.numpy() for t in penultimate(model).eval()(batch))
+        else:
+            reference, reference_features = model(batch).numpy(), None
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
-    max_abs = float(np.max(np.abs(got - reference)))
-    max_rel = max_abs / max(float(np.max(np.abs(reference))), 1e-12)
-    return Parity(max_abs_diff=max_abs, max_rel_diff=max_rel, tolerance=tolerance, images=len(images))
+    names = [LOGITS_OUTPUT] + ([features.name] if features is not None else [])
+    got, *got_features = session.run(names, {session.get_inputs()[0].name: batch.numpy()})
+    max_abs, max_rel = _differences(got, reference)
+    extra = {}
+    if features is not None:
+        extra["features_max_abs_diff"], extra["features_max_rel_diff"] = _differences(got_features[0],
+                                                                                      reference_features)
+    return Parity(max_abs_diff=max_abs, max_rel_diff=max_rel, tolerance=tolerance, images=len(images), **extra)
 
 
 def check_labels(model: nn.Module, labels: Sequence[Label]) -> None:
@@ -136,18 +164,22 @@ def export_checked_onnx(
     """
     images = list(images) if images is not None else parity_images(None)
     log(f"exporting ONNX (opset {opset}) ...")
-    export_onnx(model, path, opset, preprocessing.crop_size)
-    parity = check_parity(model, path, images, preprocessing, tolerance)
+    features = export_onnx(model, path, opset, preprocessing.crop_size)
+    parity = check_parity(model, path, images, preprocessing, tolerance, features)
+    also = (f"; features ({features.layer}, {features.dim}): max rel diff {parity.features_max_rel_diff:.3g}"
+            if features is not None else "")
     log(f"parity ONNX Runtime vs PyTorch on {parity.images} images × 10 crops: "
-        f"max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g} "
+        f"max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g}{also} "
         f"(tolerance {tolerance:g})")
-    if parity.max_rel_diff > tolerance:
+    worst = max(parity.max_rel_diff, parity.features_max_rel_diff or 0.0)
+    if worst > tolerance:
         raise ExportError(
-            f"parity check failed: relative difference {parity.max_rel_diff:.3g} exceeds {tolerance:g}; "
+            f"parity check failed: relative difference {worst:.3g} exceeds {tolerance:g}; "
             "nothing was written to the model store"
         )
     return CheckedOnnx(
-        onnx=OnnxInfo(file=path.name, sha256=sha256_of(path), opset=opset, bytes=path.stat().st_size),
+        onnx=OnnxInfo(file=path.name, sha256=sha256_of(path), opset=opset, bytes=path.stat().st_size,
+                      features=features),
         parity=parity, images=images, architecture=Architecture(**describe(model)),
         source={**(source or {}), "torch": torch.__version__},
     )

@@ -326,7 +326,7 @@ def compare(fp32_path: Path, int8_path: Path, images: ImageSet, pre: Preprocessi
         (batch,) = ten_crop_batches(load_images([path]), pre)
         probs = []
         for session in sessions:
-            (logits,) = session.run(None, {session.get_inputs()[0].name: batch})
+            (logits,) = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: batch})
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs.append((e / e.sum(axis=1, keepdims=True)).mean(axis=0))
         if np.argmax(probs[0]) != np.argmax(probs[1]):
@@ -368,7 +368,8 @@ def publish_int8(store: ModelStore, name: str, fp32_path: Path, template: ModelM
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), template.onnx.opset)
         del model
         onnx_info = OnnxInfo(file=out.name, sha256=sha256_of(out), opset=opset, input_name=template.onnx.input_name,
-                             output_name=template.onnx.output_name, bytes=out.stat().st_size)
+                             output_name=template.onnx.output_name, bytes=out.stat().st_size,
+                             features=template.onnx.features)  # QDQ keeps the graph's outputs, features too
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         quantization = {**settings, "from": origin,
                         "calibration": {"images": len(calibration), "crops_per_image": int(calibration[0].shape[0]),

@@ -14,23 +14,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
+from alexnet_store import ModelMetadata
 from service.admission import Ticket
 from service.app_state import ServiceState
 from service.dataplane import Inputs
-from service.errors import ServiceError
+from service.errors import NotFound, ServiceError
+from service.kernels import DEFAULT_SCALE, MAX_SCALE, NoKernels, kernels_png
 from service.oip import (
     EXTENSIONS,
     HEADER_LENGTH,
     PLATFORM,
+    PROTOCOL_FEATURES,
     PROTOCOL_INPUT,
     PROTOCOL_INPUT_DATATYPE,
     PROTOCOL_OUTPUT,
     PROTOCOL_OUTPUT_DATATYPE,
+    SEARCH_DEFAULT_OUTPUTS,
+    SEARCH_OUTPUTS,
     InferRequest,
     encode_infer_response,
+    encode_tensors,
     parse_infer_request,
 )
 from service.pipeline import Pipeline
@@ -62,12 +69,38 @@ async def server_metadata() -> ServerMetadata:
 
 
 # -- models ------------------------------------------------------------------------------------------------
+def model_parameters(metadata: ModelMetadata) -> dict[str, str | int | float]:
+    """A version's preprocessing and source as the protocol's scalar parameters: what a client that cuts its own
+    patches needs, and where the weights came from (`source` "torchvision" or "onnx" for an imported model, with the
+    arch and weights enum or the file's sha256; "exported" for a network trained or initialised here)."""
+    pre, imported = metadata.preprocessing, metadata.imported
+    params: dict[str, str | int | float] = {
+        "crops": pre.crops, "resize_size": pre.resize_size, "crop_size": pre.crop_size,
+        "interpolation": pre.interpolation, "input_channels": pre.input_channels, "channel_order": pre.channel_order,
+        "pixel_range": pre.pixel_range, "mean": ",".join(f"{v:g}" for v in pre.mean),
+        "std": ",".join(f"{v:g}" for v in pre.std), "output_kind": metadata.onnx.output_kind,
+        "source": imported.kind if imported is not None else "exported"}
+    if imported is not None:
+        for key in ("file", "sha256", "arch", "weights", "preset", "top1", "top5"):
+            if (value := getattr(imported, key)) is not None:
+                params[f"source_{key}"] = value
+    return params
+
+
+def _features_metadata(served: ServedVersion) -> list[TensorMetadata]:
+    """The features output, for a version that has one (metadata onnx.features)."""
+    features = served.pipeline.features
+    return [] if features is None else [TensorMetadata(name=PROTOCOL_FEATURES, datatype=PROTOCOL_OUTPUT_DATATYPE,
+                                                       shape=[-1, features.dim])]
+
+
 def _metadata(served: ServedVersion, versions: list[int]) -> V2ModelMetadata:
     return V2ModelMetadata(
         name=served.entry.name, versions=[str(v) for v in versions], platform=PLATFORM,
         inputs=[TensorMetadata(name=PROTOCOL_INPUT, datatype=PROTOCOL_INPUT_DATATYPE, shape=[-1, 1])],
         outputs=[TensorMetadata(name=PROTOCOL_OUTPUT, datatype=PROTOCOL_OUTPUT_DATATYPE,
-                                shape=[-1, served.pipeline.num_classes])])
+                                shape=[-1, served.pipeline.num_classes]), *_features_metadata(served)],
+        parameters=model_parameters(served.entry.metadata))
 
 
 @router.get("/models/{model}", response_model=V2ModelMetadata, summary="Model metadata", responses=ERRORS)
@@ -107,7 +140,6 @@ async def version_ready(model: ModelName, version: Version, state: StateDep) -> 
 def _config(state: ServiceState, served: ServedVersion) -> dict[str, Any]:
     """Triton's model configuration, with the fields its example clients read (max_batch_size, input, output)."""
     policy = state.repository.policies.for_model(served.entry.name)
-    pre = served.pipeline.preprocessing
     version_policy = ({"latest": {"num_versions": policy.count}} if policy.kind == "latest" else
                       {"all": {}} if policy.kind == "all" else {"specific": {"versions": list(policy.versions)}})
     return {
@@ -117,9 +149,10 @@ def _config(state: ServiceState, served: ServedVersion) -> dict[str, Any]:
         "version_policy": version_policy,
         "max_batch_size": state.settings.max_files_per_request,
         "input": [{"name": PROTOCOL_INPUT, "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1]}],
-        "output": [{"name": PROTOCOL_OUTPUT, "data_type": "TYPE_FP32", "dims": [served.pipeline.num_classes]}],
-        "parameters": {"crops": {"string_value": pre.crops}, "resize_size": {"string_value": str(pre.resize_size)},
-                       "crop_size": {"string_value": str(pre.crop_size)}},
+        "output": [{"name": PROTOCOL_OUTPUT, "data_type": "TYPE_FP32", "dims": [served.pipeline.num_classes]},
+                   *({"name": PROTOCOL_FEATURES, "data_type": "TYPE_FP32", "dims": [t.shape[1]]}
+                     for t in _features_metadata(served))],
+        "parameters": {k: {"string_value": str(v)} for k, v in model_parameters(served.entry.metadata).items()},
     }
 
 
@@ -165,16 +198,21 @@ async def _infer(request: Request, state: ServiceState, model: str, version: int
                                      max_images=settings.max_files_per_request, max_image_bytes=settings.max_file_bytes)
         top_k, field = parsed.classification
         return Inputs(parsed.images, [f"inputs[0] element {i}" for i in range(len(parsed.images))],
-                      crops=parsed.crops, top_k=top_k, top_k_field=field)
+                      crops=parsed.crops, top_k=top_k, top_k_field=field, features=parsed.features)
 
     answer = await state.dataplane.infer(model, version, declared_length(request, state.upload_limits), read)
     assert parsed is not None
     images = answer.result.images
     scheme = answer.scheme
-    probabilities = np.stack([image.schemes[scheme].probabilities for image in images])
+    results = [image.schemes[scheme] for image in images]
+    probabilities = np.stack([r.probabilities for r in results])
+    features = patch_features = None
+    if parsed.features:
+        features = np.stack([r.features for r in results])
+        patch_features = np.stack([r.patch_features for r in results])
     content, headers = encode_infer_response(
         parsed, model_name=answer.result.name, model_version=answer.result.version, probabilities=probabilities,
-        top=[image.schemes[scheme].top for image in images], parameters={"crops": scheme})
+        top=[r.top for r in results], parameters={"crops": scheme}, features=features, patch_features=patch_features)
     return Response(content, headers=headers)
 
 
@@ -190,3 +228,130 @@ async def infer(request: Request, model: ModelName, state: StateDep) -> Response
              **_INFER)
 async def infer_version(request: Request, model: ModelName, version: Version, state: StateDep) -> Response:
     return await _infer(request, state, model, version)
+
+
+# -- gallery search and kernels (issue 20: the paper's section 6.1) --------------------------------------------
+_SEARCH_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": InferRequestBody.model_json_schema(ref_template="#/components/schemas/{model}"),
+                "example": {"inputs": [{"name": PROTOCOL_INPUT, "datatype": "BYTES", "shape": [1],
+                                        "data": ["<base64 of a JPEG file>"]}],
+                            "outputs": [{"name": n} for n in SEARCH_DEFAULT_OUTPUTS],
+                            "parameters": {"k": 5}},
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                         "description": f"binary tensor data extension: {HEADER_LENGTH} bytes of "
+                                                        "JSON, then the inputs' binary data"},
+        },
+    },
+}
+_SEARCH_DESCRIPTION = (
+    "The paper's Fig. 4: for each image, the k gallery images whose features (the version's penultimate layer, "
+    "averaged over the crop scheme's patches) are nearest in Euclidean distance, nearest first. The body is an "
+    "infer request (input `image`); `parameters.k` (default 5) neighbours per image; outputs (default all but "
+    f"`thumbnails`): {', '.join(f'`{n}`' for n in SEARCH_OUTPUTS)}. The answer is in the infer response's format "
+    "(tritonclient's `InferResult` reads it), with `parameters` naming the gallery generation searched, its size and "
+    "whether the search was exact. 400 for a version without features, 404 for one without a gallery "
+    "(`alexnet-index build`), 422 for a k above the gallery's size or ALEXNET_SEARCH_MAX_NEIGHBOURS.")
+
+
+def _search_tensor(name: str, answer, hits) -> tuple[str, np.ndarray]:
+    gallery = answer.gallery
+    k = answer.inputs.neighbours
+    if name == "neighbours":
+        return "INT64", np.stack([h.positions for h in hits]).astype(np.int64)
+    if name == "distances":
+        return "FP32", np.stack([h.distances for h in hits]).astype(np.float32)
+    rows = []
+    for h in hits:
+        items = [gallery.items[int(p)] for p in h.positions]
+        if name == "thumbnails":
+            rows.append([gallery.thumbnail(int(p)) or b"" for p in h.positions])
+        else:
+            rows.append([{"labels": i.label, "predicted": i.predicted, "files": i.file}[name] for i in items])
+    return "BYTES", np.array(rows, dtype=object).reshape(len(hits), k)
+
+
+async def _search(request: Request, state: ServiceState, model: str, version: int | None) -> Response:
+    settings = state.settings
+    parsed: InferRequest | None = None
+
+    async def read(_pipeline: Pipeline, ticket: Ticket) -> Inputs:
+        nonlocal parsed
+        body = await read_body(request, state.upload_limits, ticket)
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), search=True,
+                                     max_images=settings.max_files_per_request, max_image_bytes=settings.max_file_bytes)
+        return Inputs(parsed.images, [f"inputs[0] element {i}" for i in range(len(parsed.images))],
+                      crops=parsed.crops, neighbours=parsed.k, neighbours_field="parameters.k")
+
+    answer = await state.dataplane.infer(model, version, declared_length(request, state.upload_limits), read)
+    assert parsed is not None and answer.gallery is not None and answer.hits is not None
+    gallery = answer.gallery
+    tensors = [(spec, *_search_tensor(spec.name, answer, answer.hits)) for spec in parsed.outputs]
+    content, headers = encode_tensors(parsed, tensors, model_name=answer.result.name,
+                                      model_version=answer.result.version,
+                                      parameters={"crops": answer.scheme, "k": parsed.k,
+                                                  "gallery_generation": gallery.generation,
+                                                  "gallery_size": gallery.count, "search": gallery.kind})
+    return Response(content, headers=headers)
+
+
+_SEARCH = {"response_model": InferResponseBody, "responses": ERRORS, "openapi_extra": _SEARCH_DOC,
+           "description": _SEARCH_DESCRIPTION}
+
+
+@router.post("/models/{model}/search", summary="The nearest gallery images of encoded images (default version)",
+             **_SEARCH)
+async def search(request: Request, model: ModelName, state: StateDep) -> Response:
+    return await _search(request, state, model, None)
+
+
+@router.post("/models/{model}/versions/{version}/search", summary="The nearest gallery images, one version",
+             **_SEARCH)
+async def search_version(request: Request, model: ModelName, version: Version, state: StateDep) -> Response:
+    return await _search(request, state, model, version)
+
+
+Scale = Annotated[int, Query(ge=1, le=MAX_SCALE, description="pixels per weight", examples=[DEFAULT_SCALE])]
+_KERNELS = {
+    "response_class": Response,
+    "responses": {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                        "description": "the first convolution's kernels, as a PNG"},
+                  **{code: ERRORS[code] for code in (401, 404, 503)}},
+    "description": (
+        "The paper's Fig. 3: the first convolution's kernels, read from the version's ONNX file. The paper's "
+        "AlexNet (grouped) in two rows of 48, the kernels of each half that conv2 sees separately (the paper's two "
+        "GPUs); other networks in a square grid. Each kernel is min-max scaled to 0..255 on its own (its channels "
+        "together), each weight drawn as `scale`×`scale` pixels, 2 pixels between kernels on white "
+        "(service/kernels.py states the mapping). 404 when the first layer is not a convolution."),
+}
+
+
+async def _kernels(state: ServiceState, model: str, version: int | None, scale: int) -> Response:
+    served = state.repository.resolve(model, version)
+    entry = served.entry
+    meta = entry.metadata
+    try:
+        png = await anyio.to_thread.run_sync(
+            kernels_png, str(entry.onnx_path), meta.onnx.sha256, bool(meta.architecture.grouped),
+            meta.preprocessing.channel_order == "BGR", scale)
+    except NoKernels as exc:
+        raise NotFound(f"model {entry.name!r} version {entry.version}: no kernels to draw: {exc}",
+                       reason="no_kernels") from exc
+    return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/models/{model}/kernels.png", summary="The first convolution's kernels as a picture (Fig. 3)",
+            **_KERNELS)
+async def kernels(model: ModelName, state: StateDep, scale: Scale = DEFAULT_SCALE) -> Response:
+    return await _kernels(state, model, None, scale)
+
+
+@router.get("/models/{model}/versions/{version}/kernels.png", summary="One version's first-layer kernels (Fig. 3)",
+            **_KERNELS)
+async def kernels_version(model: ModelName, version: Version, state: StateDep,
+                          scale: Scale = DEFAULT_SCALE) -> Response:
+    return await _kernels(state, model, version, scale)
