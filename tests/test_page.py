@@ -314,11 +314,13 @@ def test_page_by_keyboard_alone(server, browser):
     open_page(browser, server.url)
     browser.execute_script("document.activeElement.blur()")
     order = []
-    for _ in range(6):
+    for _ in range(7):
         ActionChains(browser).send_keys(Keys.TAB).perform()
         order.append(browser.execute_script(
             "const e = document.activeElement; return e.id || e.getAttribute('href') || e.tagName"))
-    assert order == ["/docs", "model", "version", "crops", "top-k", "drop"]
+    # issue 20: the chosen version's line links its first-layer kernels (Fig. 3)
+    assert order == ["/docs", "model", "version", "crops", "top-k", "/v2/models/testnet/versions/1/kernels.png",
+                     "drop"]
     outline = browser.execute_script("const s = getComputedStyle(document.activeElement); "
                                      "return [s.outlineStyle, parseFloat(s.outlineWidth)]")
     assert outline[0] != "none" and outline[1] >= 2, f"visible focus on the drop zone: {outline}"
@@ -432,3 +434,69 @@ def test_page_asks_for_the_api_key_once_and_sends_it_as_bearer(exported, loaded_
         assert api_calls[0] == ("/v1/models", "") and ("/v1/models", "Bearer wrong-key") in api_calls
         assert api_calls[-1] == ("/predict", f"Bearer {key}")
         browser.execute_script("sessionStorage.clear()")
+
+
+# -- the paper's section 6.1 on the page: nearest gallery images (Fig. 4) and the kernels (Fig. 3) ----------------
+@pytest.fixture(scope="module")
+def gallery_server(exported, digits: Path, tmp_path_factory):
+    """A real alexnet-serve on a copy of the store whose version has a gallery of the 40 training digits."""
+    import signal
+
+    from support.server import start_server, stop_server
+
+    from service import gallery_cli
+
+    root, version, _ = exported
+    store = tmp_path_factory.mktemp("page-gallery-store")
+    shutil.copytree(root / version.name, store / version.name)
+    assert gallery_cli.main(["build", str(digits / "train"), "--model", "testnet", "--model-store", str(store),
+                             "--no-progress"]) == 0
+    srv = start_server(store, tmp_path_factory.mktemp("page-gallery") / "serve.log", "--providers",
+                       "CPUExecutionProvider", env={"ALEXNET_REPOSITORY_POLL_SECONDS": "0"})
+    yield srv
+    assert stop_server(srv) in (0, -signal.SIGTERM), srv.log.read_text()
+
+
+def test_page_shows_the_nearest_gallery_images_and_links_the_kernels(gallery_server, digits: Path, browser):
+    browser.get_log("browser")  # what the tests before left in the log (their 401s) is theirs
+    open_page(browser, gallery_server.url)
+    photo = sorted((digits / "val").rglob("*.png"))[0]
+    card = upload(browser, photo)
+    assert card.get_attribute("data-state") == "done", card.text
+    wait_for(browser, lambda d: by_css(card, ".neighbours figure.neighbour"), 60, "the neighbours are shown")
+    with gallery_server.client() as c:
+        info = c.get("/v2/models/testnet/versions/1/gallery").json()
+        want = c.post("/predict", params={"neighbours": 8, "top_k": 1},
+                      files={"files": (photo.name, photo.read_bytes(), "image/png")}).json()
+    assert info["gallery"]["size"] == 40 and info["features"]["dim"] == 4096
+    figures = by_css(card, ".neighbours figure")
+    assert "query" in figures[0].get_attribute("class")  # Fig. 4: the query first, then its neighbours in order
+    query = by_css(figures[0], "img")[0]
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", query) == 256
+    shown = [f.get_attribute("data-file") for f in figures[1:]]
+    assert shown == [n["file"] for n in want["results"][0]["neighbours"]]
+    for figure, n in zip(figures[1:], want["results"][0]["neighbours"], strict=True):
+        assert by_css(figure, ".label")[0].text == n["label"]
+        assert f"{n['distance']:.2f}" in by_css(figure, ".distance")[0].text
+        img = by_css(figure, "img")[0]
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 96
+    assert "Nearest of 40 gallery images" in by_css(card, ".neighbours h3")[0].text
+    link = by_css(browser, "#model-info a.kernels")[0]
+    href = link.get_attribute("href")
+    assert href.endswith("/v2/models/testnet/versions/1/kernels.png")
+    r = httpx.get(href, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def test_page_without_a_gallery_asks_for_no_neighbours(server, browser):
+    browser.get_log("browser")
+    open_page(browser, server.url)
+    card = upload(browser, PHOTO)
+    assert card.get_attribute("data-state") == "done", card.text
+    with server.client() as c:
+        assert c.get("/v2/models/testnet/gallery").json()["gallery"] is None
+    time.sleep(0.5)  # the gallery check has answered by now; nothing is added
+    assert not by_css(card, ".neighbours")
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -22,7 +22,8 @@ from alexnet_store import ModelMetadata
 from service.admission import Ticket
 from service.app_state import ServiceState
 from service.dataplane import Inputs
-from service.errors import NotFound, ServiceError
+from service.errors import NotFound, ServiceError, ServiceUnavailable
+from service.gallery import GalleryError
 from service.kernels import DEFAULT_SCALE, MAX_SCALE, NoKernels, kernels_png
 from service.oip import (
     EXTENSIONS,
@@ -355,3 +356,48 @@ async def kernels(model: ModelName, state: StateDep, scale: Scale = DEFAULT_SCAL
 async def kernels_version(model: ModelName, version: Version, state: StateDep,
                           scale: Scale = DEFAULT_SCALE) -> Response:
     return await _kernels(state, model, version, scale)
+
+
+# -- what a version can answer about section 6.1: its features and its gallery ----------------------------------
+async def _gallery_info(state: ServiceState, model: str, version: int | None) -> dict[str, Any]:
+    served = state.repository.resolve(model, version)
+    pipeline = served.pipeline
+    features = pipeline.features
+    info: dict[str, Any] = {
+        "name": served.entry.name, "version": served.entry.version,
+        "features": None if features is None else {"name": PROTOCOL_FEATURES, "dim": features.dim,
+                                                   "layer": features.layer},
+        "gallery": None}
+    if features is None:
+        return info
+    try:
+        gallery = await pipeline.gallery.current()
+    except GalleryError as exc:
+        raise ServiceUnavailable(f"model {served.entry.name!r} version {served.entry.version}: {exc}",
+                                 retry_after=1, reason="gallery_unavailable") from exc
+    if gallery is not None:
+        spec = gallery.manifest.index
+        info["gallery"] = {"generation": gallery.generation, "size": gallery.count, "dim": gallery.dim,
+                           "crops": gallery.manifest.crops, "search": gallery.kind, "library": spec.library,
+                           "recall_at_10": spec.recall_at_10, "created_at": gallery.manifest.created_at,
+                           "max_neighbours": min(gallery.count, state.dataplane.max_neighbours)}
+    return info
+
+
+_GALLERY = {"responses": {code: ERRORS[code] for code in (401, 404, 503)}, "description": (
+    "Whether the version has a features output (its penultimate layer) and a gallery to search, always 200 for a "
+    "served version: `features` null for a version exported without them, `gallery` null when none was built "
+    "(`alexnet-index build`); otherwise the newest generation, its size, exact (`flat`) or approximate (`hnsw`, "
+    "with the recall@10 measured at build) search, and the largest k a search may ask for. The page reads it before "
+    "it asks for neighbours.")}
+
+
+@router.get("/models/{model}/gallery", summary="The features and gallery of the default version", **_GALLERY)
+async def gallery_info(model: ModelName, state: StateDep) -> dict[str, Any]:
+    return await _gallery_info(state, model, None)
+
+
+@router.get("/models/{model}/versions/{version}/gallery", summary="The features and gallery of one version",
+            **_GALLERY)
+async def gallery_info_version(model: ModelName, version: Version, state: StateDep) -> dict[str, Any]:
+    return await _gallery_info(state, model, version)

@@ -70,7 +70,58 @@ function modelChanged() {
     form.topK.value = String(Math.min(Math.max(1, Number(form.topK.value) || 5), classes));
     form.crops.value = newest.metadata?.preprocessing?.crops || "ten";
   }
+  showModel();
 }
+
+// -- what the chosen version is: where its weights came from, how a photo reaches it --------------------------
+const numbers = (values) => values.map((v) => String(+v.toFixed(6))).join("/");
+
+function sourceText(meta) {
+  const src = meta.imported;
+  if (src?.kind === "torchvision") {
+    const top5 = src.top5 != null ? `, ${src.top5.toFixed(1)} % top-5` : "";
+    const acc = src.top1 != null ? `; torchvision reports ${src.top1.toFixed(1)} % top-1${top5} (centre crop)` : "";
+    return `torchvision's ${src.arch}, weights ${src.weights} (${src.file}${acc})`;
+  }
+  if (src?.kind === "onnx") {
+    return `ONNX file ${src.file}, sha256 ${src.sha256.slice(0, 16)}…${src.preset ? `, preset ${src.preset}` : ""}`;
+  }
+  const trained = meta.training ? `, trained here on ${meta.training.dataset}` : ", exported here";
+  return `${meta.architecture?.name ?? "network"}${trained}`;
+}
+
+function preprocessingText(meta) {
+  const p = meta.preprocessing;
+  const mean = p.mean.every((v) => v === 0) ? "no mean" : `mean ${numbers(p.mean)}`;
+  const std = p.std.every((v) => v === 1) ? "no std" : `std ${numbers(p.std)}`;
+  const pixels = p.input_channels === 1 ? "luma" : (p.channel_order || "RGB");
+  return `shorter side to ${p.resize_size} (${p.interpolation}), ${p.crop_size}×${p.crop_size} patches, ${pixels} `
+    + `in ${p.pixel_range || "0-1"}, ${mean}, ${std}; ${meta.labels.length.toLocaleString("en-US")} classes`;
+}
+
+function showModel() {
+  const versions = models.get(form.model.value) || [];
+  const chosen = versions.find((v) => String(v.version) === form.version.value) || versions[0];
+  const info = $("model-info");
+  const meta = chosen?.metadata;
+  if (!meta) {
+    info.replaceChildren();
+    return;
+  }
+  info.dataset.source = meta.imported?.kind || "exported";
+  const kernels = el("a", { class: "kernels", href: kernelsUrl(chosen), target: "_blank", rel: "noopener" },
+    "its first-layer kernels (the paper's Fig. 3)");
+  info.replaceChildren(
+    el("strong", {}, `${chosen.name}, version ${chosen.version}: `),
+    el("span", { class: "source" }, sourceText(meta)), ". ",
+    el("span", { class: "preprocessing" }, `Preprocessing: ${preprocessingText(meta)}`), ". See ", kernels, ".");
+  const { resize_size: resize, crop_size: crop } = meta.preprocessing;
+  for (const node of document.querySelectorAll(".fact-resize")) node.textContent = String(resize);
+  for (const node of document.querySelectorAll(".fact-crop")) node.textContent = String(crop);
+}
+
+// The paper's Fig. 3: GET /v2/models/{m}/versions/{v}/kernels.png draws the first convolution's kernels.
+const kernelsUrl = (v) => `/v2/models/${encodeURIComponent(v.name)}/versions/${v.version}/kernels.png`;
 
 function query() {
   const params = new URLSearchParams({ details: "patches", square: "true", crops: form.crops.value });
@@ -90,9 +141,11 @@ async function classify(card) {
   node.setAttribute("aria-busy", "true");
   node.querySelector(".state").textContent = "Classifying…";
   let content;
+  let square = null;
   try {
     const answer = await api(`/predict?${query()}`, { method: "POST", body });
     content = renderResult(answer, card.file.name);
+    square = answer.results[0]?.details?.square_jpeg || null;
     node.dataset.state = "done";
   } catch (error) {
     if (!(error instanceof ApiError)) throw error;
@@ -103,6 +156,68 @@ async function classify(card) {
   node.querySelector(".state").textContent = "";
   node.querySelector(".body").replaceChildren(...content);
   node.removeAttribute("aria-busy");
+  if (node.dataset.state === "done") await showNeighbours(card, run, square);
+}
+
+// -- the paper's Fig. 4: the photo and its nearest gallery images (POST /predict?neighbours=k) --------------------
+const NEIGHBOURS = 8;
+const galleries = new Map(); // "name/version" → GET /v2/models/{m}/versions/{v}/gallery, asked once per page load
+
+function chosenVersion() {
+  const versions = models.get(form.model.value) || [];
+  return versions.find((v) => String(v.version) === form.version.value) || versions[0];
+}
+
+async function galleryOf(chosen) {
+  const key = `${chosen.name}/${chosen.version}`;
+  if (!galleries.has(key)) {
+    galleries.set(key, api(`/v2/models/${encodeURIComponent(chosen.name)}/versions/${chosen.version}/gallery`)
+      .catch(() => ({ gallery: null })));
+  }
+  return galleries.get(key);
+}
+
+async function showNeighbours(card, run, square) {
+  const chosen = chosenVersion();
+  if (!chosen) return;
+  const info = await galleryOf(chosen);
+  if (!info.gallery || run !== card.run) return; // no gallery for this version (alexnet-index build makes one)
+  const params = query();
+  params.delete("details");
+  params.delete("square");
+  params.set("top_k", "1");
+  params.set("model", chosen.name);
+  params.set("version", String(chosen.version));
+  params.set("neighbours", String(Math.min(NEIGHBOURS, info.gallery.max_neighbours)));
+  const body = new FormData();
+  body.append("files", card.file, card.file.name);
+  let section;
+  try {
+    section = neighboursFigure(await api(`/predict?${params}`, { method: "POST", body }), card, square);
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    section = el("p", { class: "neighbours no-gallery" }, `No gallery search: ${error.message}`);
+  }
+  if (run !== card.run) return;
+  card.node.querySelector(".neighbours")?.remove();
+  card.node.append(section);
+}
+
+function neighboursFigure(answer, card, square) {
+  const found = answer.results[0].neighbours;
+  const query = el("figure", { class: "query" }, // the square its patches were cut from, as the gallery's thumbnails
+    square ? el("img", { src: square, alt: `the photo ${card.file.name}` }) : el("span", { class: "nothumb" }),
+    el("figcaption", {}, "this photo"));
+  const items = found.map((n, i) => el("figure", { class: "neighbour", "data-file": n.file },
+    n.thumbnail ? el("img", { src: n.thumbnail, alt: `gallery image ${n.file}` }) : el("span", { class: "nothumb" }),
+    el("figcaption", {},
+      el("span", { class: "rank" }, `${i + 1}. `), el("span", { class: "label" }, n.label || n.predicted || n.file),
+      el("span", { class: "distance" }, ` d = ${n.distance.toFixed(2)}`))));
+  const g = answer.gallery;
+  return el("section", { class: "neighbours", "aria-label": "Nearest gallery images" },
+    el("h3", {}, `Nearest of ${g.size.toLocaleString("en-US")} gallery images (Euclidean distance of the features; `
+      + `${g.search === "flat" ? "exact" : "approximate"} search, generation ${g.generation})`),
+    el("div", { class: "row" }, query, ...items));
 }
 
 function errorBox(error, card) {
@@ -184,6 +299,7 @@ form.model.addEventListener("change", () => {
   modelChanged();
   runAll(cards);
 });
+form.version.addEventListener("change", showModel);
 for (const control of [form.version, form.crops, form.topK]) control.addEventListener("change", () => runAll(cards));
 
 loadModels();
