@@ -374,60 +374,101 @@ def test_a_failed_parity_check_publishes_nothing(bvlc_file, tmp_path):
 
 
 # -- served by a real alexnet-serve -------------------------------------------------------------------------------
-def test_real_server_shows_and_serves_imported_models(resnet18_file, bvlc_file, tmp_path):
-    import base64
-
+@pytest.fixture(scope="module")
+def imported_server(bvlc_file, tmp_path_factory: pytest.TempPathFactory):
+    """A real `alexnet-serve` over a store holding a torchvision AlexNet import and the zoo-shaped ONNX import,
+    both published by the console script's own `main`; with the files they came from."""
     from bench import importer
 
-    store = tmp_path / "store"
-    alexnet = save_hub_style(standin_model("alexnet", seed=3).state_dict(), tmp_path / "weights", "alexnet")
+    tmp = tmp_path_factory.mktemp("served-imports")
+    store = tmp / "store"
+    alexnet = save_hub_style(standin_model("alexnet", seed=3).state_dict(), tmp / "weights", "alexnet")
     assert importer.main(["--torchvision", "alexnet", str(alexnet), "--model-store", str(store)]) == 0
     assert importer.main(["--onnx", str(bvlc_file), "--preset", "bvlc-alexnet", "--name", "bvlc-alexnet",
                           "--model-store", str(store)]) == 0
+    server = start_server(store, tmp / "server.log", "--models", "torchvision-alexnet,bvlc-alexnet",
+                          "--providers", "CPUExecutionProvider")
+    yield server, alexnet, bvlc_file
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it so the exit status shows the signal
+    assert stop_server(server) in (0, -signal.SIGTERM), server.log.read_text()
+
+
+def test_real_server_shows_and_serves_imported_models(imported_server):
+    import base64
+
+    server, alexnet, bvlc_file = imported_server
     weights = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
     reference = {"torchvision-alexnet": [torchvision_reference(reference_network("alexnet", alexnet), weights, p)
                                          for p in PHOTOS],
                  "bvlc-alexnet": [bvlc_reference(bvlc_file, p) for p in PHOTOS]}
-    server = start_server(store, tmp_path / "server.log", "--models", "torchvision-alexnet,bvlc-alexnet",
-                          "--providers", "CPUExecutionProvider")
+    with server.client() as c:
+        listed = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        tv, onnx_model = listed["torchvision-alexnet"]["metadata"], listed["bvlc-alexnet"]["metadata"]
+        assert tv["imported"]["kind"] == "torchvision" and tv["imported"]["arch"] == "alexnet"
+        assert tv["imported"]["weights"] == "AlexNet_Weights.IMAGENET1K_V1"
+        assert tv["imported"]["sha256"] == sha256(alexnet) and tv["imported"]["file"] == alexnet.name
+        assert tv["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+        assert onnx_model["imported"]["kind"] == "onnx" and onnx_model["imported"]["sha256"] == sha256(bvlc_file)
+        assert onnx_model["preprocessing"]["channel_order"] == "BGR"
+        assert onnx_model["preprocessing"]["pixel_range"] == "0-255"
+        assert onnx_model["preprocessing"]["mean"] == [104.0, 117.0, 123.0]
+
+        params = c.get("/v2/models/bvlc-alexnet").json()["parameters"]
+        assert (params["source"], params["source_sha256"], params["source_preset"]) == (
+            "onnx", sha256(bvlc_file), "bvlc-alexnet")
+        assert (params["channel_order"], params["pixel_range"], params["mean"], params["std"]) == (
+            "BGR", "0-255", "104,117,123", "1,1,1")
+        params = c.get("/v2/models/torchvision-alexnet").json()["parameters"]
+        assert (params["source"], params["source_arch"], params["source_weights"]) == (
+            "torchvision", "alexnet", "AlexNet_Weights.IMAGENET1K_V1")
+        assert params["source_top1"] == 56.522 and params["source_top5"] == 79.066
+
+        for name, expected in reference.items():
+            for crops in ("ten", "center"):
+                body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(PHOTOS)],
+                                    "data": [base64.b64encode(p.read_bytes()).decode() for p in PHOTOS]}],
+                        "parameters": {"crops": crops}, "outputs": [{"name": "probabilities"}]}
+                r = c.post(f"/v2/models/{name}/infer", json=body)
+                assert r.status_code == 200, r.text
+                out = r.json()["outputs"][0]
+                got = np.asarray(out["data"], np.float64).reshape(out["shape"])
+                want = np.stack([e[crops].mean(axis=0) for e in expected])
+                np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE, err_msg=f"{name} {crops}")
+                assert want.max() > 0.01
+
+
+def test_page_shows_each_imported_models_source_and_preprocessing(imported_server, tmp_path):
+    """The page at / in a real headless Chromium: the chosen model's line under the picker."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from support.browser import missing_browser, start_chromium
+
+    if (reason := missing_browser()) is not None:
+        pytest.skip(f"no headless Chromium for the page: {reason}")
+    server, alexnet, bvlc_file = imported_server
+    driver = start_chromium(tmp_path / "profile")
     try:
-        with server.client() as c:
-            listed = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
-            tv, onnx_model = listed["torchvision-alexnet"]["metadata"], listed["bvlc-alexnet"]["metadata"]
-            assert tv["imported"]["kind"] == "torchvision" and tv["imported"]["arch"] == "alexnet"
-            assert tv["imported"]["weights"] == "AlexNet_Weights.IMAGENET1K_V1"
-            assert tv["imported"]["sha256"] == sha256(alexnet) and tv["imported"]["file"] == alexnet.name
-            assert tv["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
-            assert onnx_model["imported"]["kind"] == "onnx" and onnx_model["imported"]["sha256"] == sha256(bvlc_file)
-            assert onnx_model["preprocessing"]["channel_order"] == "BGR"
-            assert onnx_model["preprocessing"]["pixel_range"] == "0-255"
-            assert onnx_model["preprocessing"]["mean"] == [104.0, 117.0, 123.0]
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30, poll_frequency=0.1)
 
-            params = c.get("/v2/models/bvlc-alexnet").json()["parameters"]
-            assert (params["source"], params["source_sha256"], params["source_preset"]) == (
-                "onnx", sha256(bvlc_file), "bvlc-alexnet")
-            assert (params["channel_order"], params["pixel_range"], params["mean"], params["std"]) == (
-                "BGR", "0-255", "104,117,123", "1,1,1")
-            params = c.get("/v2/models/torchvision-alexnet").json()["parameters"]
-            assert (params["source"], params["source_arch"], params["source_weights"]) == (
-                "torchvision", "alexnet", "AlexNet_Weights.IMAGENET1K_V1")
-            assert params["source_top1"] == 56.522 and params["source_top5"] == 79.066
+        def info_of(name: str) -> tuple[str, str]:
+            Select(driver.find_element(By.ID, "model")).select_by_value(name)
+            wait.until(lambda d: name in d.find_element(By.ID, "model-info").text)
+            info = driver.find_element(By.ID, "model-info")
+            return (info.find_element(By.CSS_SELECTOR, ".source").text,
+                    info.find_element(By.CSS_SELECTOR, ".preprocessing").text)
 
-            for name, expected in reference.items():
-                for crops in ("ten", "center"):
-                    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(PHOTOS)],
-                                        "data": [base64.b64encode(p.read_bytes()).decode() for p in PHOTOS]}],
-                            "parameters": {"crops": crops}, "outputs": [{"name": "probabilities"}]}
-                    r = c.post(f"/v2/models/{name}/infer", json=body)
-                    assert r.status_code == 200, r.text
-                    out = r.json()["outputs"][0]
-                    got = np.asarray(out["data"], np.float64).reshape(out["shape"])
-                    want = np.stack([e[crops].mean(axis=0) for e in expected])
-                    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE, err_msg=f"{name} {crops}")
-                    assert want.max() > 0.01
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) >= 2)
+        source, pre = info_of("bvlc-alexnet")
+        assert source.startswith(f"ONNX file {bvlc_file.name}, sha256 {sha256(bvlc_file)[:16]}")
+        assert "preset bvlc-alexnet" in source
+        assert "BGR in 0-255, mean 104/117/123, no std" in pre and "224×224 patches" in pre
+        source, pre = info_of("torchvision-alexnet")
+        assert source.startswith(f"torchvision's alexnet, weights AlexNet_Weights.IMAGENET1K_V1 ({alexnet.name}")
+        assert "56.5 % top-1, 79.1 % top-5" in source
+        assert "RGB in 0-1, mean 0.485/0.456/0.406, std 0.229/0.224/0.225" in pre and "1,000 classes" in pre
     finally:
-        # uvicorn shuts down gracefully on SIGTERM, then re-raises it so the exit status shows the signal
-        assert stop_server(server) in (0, -signal.SIGTERM), server.log.read_text()
+        driver.quit()
 
 
 # -- make serve -----------------------------------------------------------------------------------------------------
