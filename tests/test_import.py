@@ -27,13 +27,14 @@ import pytest
 import torch
 import torchvision
 from PIL import Image, ImageOps
-from support.paths import REPO, SKLEARN_IMAGES
+from support.paths import REPO, SHARED_DATA, SKLEARN_IMAGES
 from support.server import start_server, stop_server
 from torchvision import transforms as T
 
 from alexnet_store import ModelStore
 
 PHOTOS = [SKLEARN_IMAGES / "china.jpg", SKLEARN_IMAGES / "flower.jpg"]
+IMAGENET_LABELS = SHARED_DATA / "imagenet_classes.tsv"  # index, wnid, name
 TOLERANCE = 1e-5  # the issue's: |served - reference| of every probability
 BVLC_MEAN = np.array([104.0, 117.0, 123.0], np.float32)  # B, G, R: the zoo's AlexNet, written here on purpose
 # the weights enum member where the arch has several ImageNet ones (the stand-in's name is not torchvision's)
@@ -315,6 +316,18 @@ def test_onnx_preset_import_serves_what_the_original_graph_computes(bvlc_file, t
         assert_close(served, bvlc_reference(bvlc_file, path))
 
 
+def test_the_comparison_sees_a_wrong_channel_order(bvlc_file, tmp_path):
+    """The same graph imported as if it took RGB: published (its parity check compares it with the graph on RGB
+    patches), but what it serves is far from the BGR reference, as a zoo model served with the wrong
+    preprocessing is far from Caffe's."""
+    store = tmp_path / "store"
+    status, said = run_import("--onnx", str(bvlc_file), "--preset", "bvlc-alexnet", "--channel-order", "RGB",
+                              "--mean", "123,117,104", "--name", "as-rgb", "--model-store", str(store))
+    assert status == 0, said
+    (served,) = served_patches(ModelStore(store).resolve("as-rgb").path, PHOTOS[:1])
+    assert np.abs(served["ten"] - bvlc_reference(bvlc_file, PHOTOS[0])["ten"]).max() > 100 * TOLERANCE
+
+
 def test_onnx_config_file_with_another_crop_size(tmp_path):
     """A TOML declaration; a graph that takes 227×227 patches (Caffe's own crop) from a 256 square."""
     graph = bvlc_like_graph(tmp_path / "caffe227.onnx", size=227, classes=20, seed=1)
@@ -380,10 +393,13 @@ def imported_server(bvlc_file, tmp_path_factory: pytest.TempPathFactory):
     both published by the console script's own `main`; with the files they came from."""
     from bench import importer
 
+    if not IMAGENET_LABELS.is_file():
+        pytest.skip(f"{IMAGENET_LABELS} is not here (the shared data beside the checkout)")
     tmp = tmp_path_factory.mktemp("served-imports")
     store = tmp / "store"
     alexnet = save_hub_style(standin_model("alexnet", seed=3).state_dict(), tmp / "weights", "alexnet")
-    assert importer.main(["--torchvision", "alexnet", str(alexnet), "--model-store", str(store)]) == 0
+    assert importer.main(["--torchvision", "alexnet", str(alexnet), "--labels", str(IMAGENET_LABELS),
+                          "--model-store", str(store)]) == 0
     assert importer.main(["--onnx", str(bvlc_file), "--preset", "bvlc-alexnet", "--name", "bvlc-alexnet",
                           "--model-store", str(store)]) == 0
     server = start_server(store, tmp / "server.log", "--models", "torchvision-alexnet,bvlc-alexnet",
@@ -408,6 +424,8 @@ def test_real_server_shows_and_serves_imported_models(imported_server):
         assert tv["imported"]["weights"] == "AlexNet_Weights.IMAGENET1K_V1"
         assert tv["imported"]["sha256"] == sha256(alexnet) and tv["imported"]["file"] == alexnet.name
         assert tv["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+        # --labels: ImageNet's wnids as label ids (what alexnet-eval matches class folders with), names kept
+        assert tv["labels"][0] == {"id": "n01440764", "name": "tench"} and len(tv["labels"]) == 1000
         assert onnx_model["imported"]["kind"] == "onnx" and onnx_model["imported"]["sha256"] == sha256(bvlc_file)
         assert onnx_model["preprocessing"]["channel_order"] == "BGR"
         assert onnx_model["preprocessing"]["pixel_range"] == "0-255"
