@@ -25,8 +25,9 @@ demo: $(STAMP)
 
 # torchvision's AlexNet weights in the torch hub cache ($TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth):
 # imported (alexnet-import) and served with ImageNet's 1,000 classes; else the digits demo (bench/serve.py)
+# (not echoed: the first line printed is the one that says which model is served)
 serve: $(STAMP)
-	$(BIN)/python -m bench.serve --model-store $(MODEL_STORE) --host $(HOST) --port $(PORT)
+	@$(BIN)/python -m bench.serve --model-store $(MODEL_STORE) --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

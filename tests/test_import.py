@@ -528,3 +528,20 @@ def test_makefile_serve_target_goes_through_the_chooser():
     assert "-m bench.serve --model-store $(MODEL_STORE) --host $(HOST) --port $(PORT)" in recipe
     # one recipe line: no second command that would bypass the chooser
     assert len([line for line in recipe.splitlines() if line.startswith("\t")]) == 1
+
+
+def test_make_serve_itself_says_first_why_it_refuses(tmp_path):
+    """`make serve` as typed (its install step taken as done: -o), a stand-in under torchvision's name in
+    TORCH_HOME: the first line on stdout is the refusal, and the recipe's status is 2."""
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "alexnet-owt-7be5be79.pth").write_bytes(b"\x00" * 1000)
+    store = tmp_path / "store"
+    done = subprocess.run(["make", "-o", ".venv/.installed", "serve", f"MODEL_STORE={store}", "PORT=8124"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    assert done.returncode != 0
+    assert done.stdout.splitlines()[0].startswith("make serve: error: refusing torchvision's AlexNet weights at "
+                                                  f"{checkpoints / 'alexnet-owt-7be5be79.pth'}")
+    assert "Error 2" in done.stderr  # the recipe's own exit status, as make reports it
+    assert_store_untouched(store)
