@@ -158,7 +158,11 @@ class LoadedGallery:
         releases the GIL)."""
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise GalleryError(f"queries of shape {queries.shape} for a gallery of {self.dim}-d vectors")
-        squared, positions = self.index.search(np.ascontiguousarray(queries, np.float32), k)
+        queries = np.ascontiguousarray(queries, np.float32)
+        squared, positions = self.index.search(queries, k)
+        if self.kind != "flat" and (positions < 0).any():  # HNSW found fewer than k: those queries searched exactly
+            short = np.flatnonzero((positions < 0).any(axis=1))
+            squared[short], positions[short] = exact_index(self.vectors).search(queries[short], k)
         return [Hits(p.astype(np.int64), np.sqrt(np.maximum(d, 0)).astype(np.float32))
                 for p, d in zip(positions, squared, strict=True)]
 

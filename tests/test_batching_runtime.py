@@ -53,7 +53,7 @@ def test_cuda_session_runs_with_heuristic_conv_search(exported):
     assert options["cudnn_conv_algo_search"] in ("HEURISTIC", "1")  # ORT reports names or enum values
     assert options["arena_extend_strategy"] in ("kSameAsRequested", "1")
     for batch in (1, 7, 10, 33):  # new batch sizes must not fail (and, with HEURISTIC, not re-benchmark)
-        assert model.predict(np.zeros((batch, 224, 224, 3), np.uint8)).shape == (batch, 10)
+        assert model.predict(np.zeros((batch, 224, 224, 3), np.uint8)).shape == (batch, 10 + 4096)  # + features
 
 
 def _thread_nice_values() -> set[int]:
@@ -89,7 +89,7 @@ def test_loading_runs_at_low_priority_but_serves_at_normal_priority(exported):
     model = default_loader(settings)(version)
     assert model.elision is not None and model.elision.fallback is None  # elided, checked, at low priority
     assert _thread_nice_values() == {base}  # ORT's intra-op threads included
-    assert model.predict(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 10)
+    assert model.predict(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 10 + 4096)  # issue 20: + features
 
 
 def default_loader(settings):
