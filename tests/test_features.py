@@ -200,3 +200,29 @@ def test_a_version_without_features_keeps_serving(featureless, exported):
         assert [o["name"] for o in meta["outputs"]] == ["probabilities"]
         r = client.post("/v2/models/testnet/infer", json={**body, "outputs": [{"name": "probabilities"}]})
         assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 10]
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "d2l-alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet"])
+def test_every_network_splits_at_its_penultimate_layer(arch):
+    """What the export writes as the second output: the split's logits are the network's own forward, and its
+    features are what the network's last layer is fed (a forward hook on it; NiN: its last block's input, which
+    is averaged over its maps)."""
+    from torch import nn
+
+    from training.architectures import ARCHITECTURES, penultimate
+
+    torch.manual_seed(0)
+    spec = ARCHITECTURES[arch]
+    model = spec.build(num_classes=10).eval()
+    x = torch.randn(2, spec.in_channels, spec.input_size, spec.input_size)
+    last = model.classifier[-1] if arch == "alexnet" else model[-1] if isinstance(model[-1], nn.Linear) else model[-3]
+    seen: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda _m, args, _out: seen.append(args[0].clone()))
+    with torch.inference_mode():
+        want = model(x)
+        logits, features = penultimate(model).eval()(x)
+    handle.remove()
+    torch.testing.assert_close(logits, want, rtol=0, atol=0)
+    fed = seen[0] if seen[0].ndim == 2 else seen[0].mean(dim=(2, 3))
+    torch.testing.assert_close(features, fed, rtol=0, atol=0)
+    assert features.shape[0] == 2 and features.ndim == 2
