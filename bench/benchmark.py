@@ -4,6 +4,7 @@
     alexnet-bench --int8 --plot bench.png
     alexnet-bench --model-store model_store --model-name alexnet --int8
     alexnet-bench --quick               # a short smoke run (concurrency 1 and 16, a few seconds each)
+    alexnet-bench --peers               # also LitServe and TorchServe on the same model (the peers extra)
 
 What one run does, on this machine:
 1. starts `alexnet-serve` (real uvicorn) on the fp32 model — and on its int8 version with ``--int8`` — and the
@@ -14,7 +15,10 @@ What one run does, on this machine:
    (bench/ceiling.py) on already-preprocessed crops at that batch. Taking the two side by side keeps the
    ratio fair on a machine whose load drifts; at concurrency 1 the ceiling is the model's own time for one
    image;
-3. measures the fp32 matmul roof (bench/roof.py) for context.
+3. with ``--peers``, serves the same model with LitServe and TorchServe (bench/peers.py: its fairness rules), each
+   alone and once per crops mode, checks each one's top 5 against the service's, and drives it at every level
+   right after the service at that level: service ÷ peer;
+4. measures the fp32 matmul roof (bench/roof.py) for context.
 It prints a table with the ratios, the CPU and its flags, and the load average, writes JSON (default
 bench/results/benchmark-<time>.json) and, with --plot, a PNG of throughput and p99 against concurrency.
 docs/benchmark.md explains each column.
@@ -43,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_store import ModelStore, ModelVersion, StoreError
-from bench import report
+from bench import peers, report
 from bench.ceiling import CROPS_PER_IMAGE as TEN_CROPS
 from bench.ceiling import SHARED_SAMPLES, patches, sample_jpegs, serving_case
 from bench.loadgen import percentile
@@ -350,6 +354,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                 "x_baseline": _ratio(svc["images_per_s"], base["images_per_s"] if base else None),
                 "int8_x_fp32": _ratio(int8["images_per_s"] if int8 else None, svc["images_per_s"]),
             })
+    out["peers"] = peers.summary_rows(rows) if result.get("peers") else []
     t = out["targets"]
     target = next((r for r in out["ratios"] if r["crops"] == "ten" and r["concurrency"] == TARGET_CONCURRENCY), None)
     if target:
@@ -404,6 +409,8 @@ def print_report(result: dict[str, Any], out: Callable[[str], None] = print) -> 
     for r in result["runs"]:
         lat = r["latency_ms"]
         ratio = ratios.get((r["crops"], r["concurrency"]), {}) if r["target"] == "service fp32" else {}
+        if "service_x_peer" in r:
+            ratio = {"x_baseline": f"svc ÷ {r['service_x_peer']:.2f}"}
         ceiling = r.get("ceiling", {})
         table_rows.append([
             r["target"], r["crops"], r["concurrency"], r["images_per_s"], lat["p50"], lat["p95"], lat["p99"],
@@ -413,6 +420,7 @@ def print_report(result: dict[str, Any], out: Callable[[str], None] = print) -> 
     out("")
     out(report.table(table_rows, ["target", "crops", "conc", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors",
                                   "batch", "ceiling", "÷ ceiling", "÷ baseline", "int8 ÷ fp32", "load"]))
+    peers.print_summary(result, out)
     rollover = result.get("rollover")
     if rollover:
         out("")
@@ -490,6 +498,13 @@ def _crops(text: str) -> list[str]:
     return crops
 
 
+def _peers(text: str) -> list[str]:
+    try:
+        return peers.parse_peers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _env(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.startswith("ALEXNET_"):
@@ -532,6 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batching-off-too", action="store_true",
                    help="also measure the fp32 service with ALEXNET_BATCHING=false (one run per request)")
     s.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
+    s.add_argument("--peers", nargs="?", const=",".join(peers.PEERS), type=_peers, metavar="litserve,torchserve",
+                   help="also serve the same model with LitServe and TorchServe, one at a time, at every level and "
+                        "crops mode, and report service ÷ peer (needs the peers extra and, for TorchServe, Java; "
+                        "default with no value: both)")
+    s.add_argument("--peer-batch-delay-ms", type=float,
+                   help="the peers' batch delay (default: the service's ALEXNET_MAX_BATCH_DELAY_MS, at least "
+                        f"{peers.MIN_BATCH_DELAY_MS:g} ms)")
     s.add_argument("--no-ceiling", action="store_true", help="skip the ceiling and the roof")
     s.add_argument("--no-rollover", action="store_true", help="skip the rollover measurement")
     s.add_argument("--rollover-seconds", type=float, default=40.0,
@@ -557,6 +579,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         settings = Settings(**{k.removeprefix("ALEXNET_").lower(): v for k, v in service_env.items()})
     except ValueError as exc:  # pydantic's ValidationError
         raise RuntimeError(f"--service-env: {exc}") from exc
+    for name in args.peers or []:
+        why = peers.missing(name)
+        if why:
+            raise RuntimeError(f"--peers {name}: {why}")
     result: dict[str, Any] = {"environment": report.environment(), "plan": vars(plan), "service_env": service_env,
                               "runs": []}
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp, contextlib.ExitStack() as servers:
@@ -585,6 +611,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
             targets.append(Target("naive baseline", servers.enter_context(baseline_server(workdir)).url))
         result["runs"] = sweep(targets, images, plan, log)
+        if args.peers:
+            result["peers"], rows = peers.measure(args.peers, models.fp32, settings, targets[0].url, images, plan,
+                                                  workdir, log, args.peer_batch_delay_ms)
+            result["runs"] += rows
         servers.close()  # the rollover measurement has the machine to itself
         if not args.no_rollover:
             result["rollover"] = measure_rollover(models.fp32, workdir, images, service_env, args.rollover_seconds,

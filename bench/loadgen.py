@@ -6,7 +6,10 @@
 `concurrency` clients each send one image per request and send the next as soon as the answer arrives: with
 ``--protocol predict`` (the default) to ``POST /predict`` (multipart field ``file``, which the service and the
 naive baseline both accept), with ``--protocol v2`` to ``POST /v2/models/MODEL/infer`` as tritonclient sends
-it (the binary tensor data extension: a JSON header, then the image as one BYTES element). The first `warmup` answers
+it (the binary tensor data extension: a JSON header, then the image as one BYTES element); the peers of
+``alexnet-bench --peers`` (bench/peers.py) as their users call them: ``--protocol litserve`` to LitServe's
+``POST /predict`` (the same multipart field ``file``, no query: a peer serves one crop scheme), ``--protocol
+torchserve`` to TorchServe's ``POST /predictions/MODEL`` (the raw image bytes). The first `warmup` answers
 (default: one per client) are not measured: they fill the server's queue. Measuring then runs until
 `duration` seconds have passed or `max-requests` answers have arrived, whichever comes first; the requests
 still in flight finish and count for latency. Prints one JSON object on stdout:
@@ -103,6 +106,25 @@ def multipart_body(name: str, data: bytes, boundary: str = BOUNDARY) -> bytes:
     return head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
 
 
+PROTOCOLS = ("predict", "v2", "litserve", "torchserve")
+
+
+def encode_request(protocol: str, name: str, data: bytes, crops: str,
+                   model: str | None = None) -> tuple[str, dict[str, str], bytes, dict[str, str]]:
+    """One image as `protocol` sends it, encoded once: (path, query parameters, body, headers)."""
+    if protocol == "v2":
+        body, headers = v2_body(data, crops)
+        return f"/v2/models/{model}/infer", {}, body, headers
+    if protocol == "torchserve":  # the raw bytes, as `curl -T photo.jpg` sends them
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return f"/predictions/{model or 'alexnet'}", {}, data, {"content-type": kind}
+    multipart = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    if protocol == "litserve":  # a LitServe peer serves one crop scheme and answers its top 5
+        return "/predict", {}, multipart_body(name, data), multipart
+    params = {"crops": crops, "top_k": "5", **({"model": model} if model else {})}
+    return "/predict", params, multipart_body(name, data), multipart
+
+
 async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: int, crops: str, duration: float,
                 max_requests: int, warmup: int, timeout: float = 120.0, protocol: str = "predict",
                 model: str | None = None, versions: bool = False) -> Run:
@@ -112,15 +134,9 @@ async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: i
     started = time.perf_counter()
     counter = iter(range(1 << 62))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    if protocol == "v2":
-        path, params = f"/v2/models/{model}/infer", {}
-        encoded = [v2_body(data, crops) for _, data in images]
-        bodies, headers = [b for b, _ in encoded], encoded[0][1] if encoded else {}
-    else:
-        path, params = "/predict", {"crops": crops, "top_k": "5", **({"model": model} if model else {})}
-        bodies = [multipart_body(name, data) for name, data in images]
-        headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
-    v2_headers = [h for _, h in encoded] if protocol == "v2" else None
+    encoded = [encode_request(protocol, name, data, crops, model) for name, data in images]
+    path, params = encoded[0][:2]
+    bodies, headers = [e[2] for e in encoded], [e[3] for e in encoded]
 
     def stop_due(now: float) -> bool:
         if run.t0 is None:  # a warm-up that never ends (server down): give up after the duration
@@ -138,8 +154,7 @@ async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: i
                 sent = time.perf_counter()
                 version = None
                 try:
-                    r = await client.post(path, params=params, content=bodies[i],
-                                          headers=v2_headers[i] if v2_headers else headers)
+                    r = await client.post(path, params=params, content=bodies[i], headers=headers[i])
                     status: int | str = r.status_code
                     if versions and status == 200:
                         version = answered_version(r, protocol)
@@ -158,6 +173,8 @@ async def drive(url: str, images: Sequence[tuple[str, bytes]], *, concurrency: i
 
 def answered_version(response, protocol: str) -> int | None:
     """The model version named in an answer (a JSON header ahead of any binary part, for v2)."""
+    if protocol in ("litserve", "torchserve"):  # the peers serve one version and do not say which
+        return None
     if protocol == "v2":
         split = response.headers.get("inference-header-content-length")
         header = json.loads(response.content[:int(split)] if split else response.content)
@@ -191,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of measuring, at most")
     p.add_argument("--max-requests", type=int, default=1000, help="measured answers, at most")
     p.add_argument("--warmup", type=int, help="answers not measured (default: one per client)")
-    p.add_argument("--protocol", choices=["predict", "v2"], default="predict",
-                   help="POST /predict (multipart) or the Open Inference Protocol's infer (binary tensor data)")
-    p.add_argument("--model", help="model name (required with --protocol v2; /predict: the service's only model)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="predict",
+                   help="POST /predict (multipart), the Open Inference Protocol's infer (binary tensor data), or a "
+                        "peer's: LitServe's POST /predict (multipart), TorchServe's POST /predictions/MODEL (raw)")
+    p.add_argument("--model", help="model name (required with --protocol v2; /predict: the service's only model; "
+                                   "torchserve: default alexnet)")
     p.add_argument("--samples", type=Path, help="write every request as a JSON line here (with the answering version)")
     return p
 

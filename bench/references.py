@@ -44,23 +44,34 @@ from bench.roof import GFLOP_PER_TEN_CROP_IMAGE, MatmulRoof, numpy_blas
 FP32_REF = "fp32, banded LRN, reorders elided"
 
 
+RANDOM_INIT = "kaiming"  # He init: activations neither vanish nor blow up
+
+
+def random_network(num_classes: int, seed: int = 0, init: str = RANDOM_INIT):
+    """The benchmark's random-init paper network: the same module for the same seed. `build_models` exports it;
+    the TorchServe peer (bench/peers.py) rebuilds it from the seed the version's metadata records."""
+    import torch
+
+    from training.alexnet import build_alexnet
+
+    torch.manual_seed(seed)
+    return build_alexnet(num_classes, init=init).eval()
+
+
 def build_models(workdir: Path, num_classes: int = 1000, seed: int = 0, int8: bool = True,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """A random-init paper network: the store's fp32 (banded LRN) and int8 versions, and the 'before' export."""
-    import torch
-
     from alexnet_store import Label, Preprocessing
     from alexnet_store.vocabulary import IMAGENET_MEAN, IMAGENET_STD, placeholder_label_names
-    from training.alexnet import LocalResponseNorm, build_alexnet
+    from training.alexnet import LocalResponseNorm
     from training.export import export_onnx, export_to_store
 
-    torch.manual_seed(seed)
-    model = build_alexnet(num_classes, init="kaiming").eval()  # He init: activations neither vanish nor blow up
+    model = random_network(num_classes, seed)
     store = ModelStore(workdir / "store")
     labels = [Label(id=name, name=name) for name in placeholder_label_names(num_classes)]
     log("exporting the fp32 model (banded LRN) ...")
     fp32 = export_to_store(model, store, "bench", labels, Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-                           source={"random_init": True, "init": "kaiming", "seed": seed}, log=lambda _m: None)
+                           source={"random_init": True, "init": RANDOM_INIT, "seed": seed}, log=lambda _m: None)
     log("exporting the same weights with PyTorch's LRN decomposition (before) ...")
     plain = workdir / "plain.onnx"
     for m in model.modules():
