@@ -260,8 +260,9 @@ def torch_network(version: ModelVersion):
                     "here and it is not a random-init paper network)")
 
 
-def script_network(version: ModelVersion, workdir: Path) -> Path:
-    """``torch.jit.trace`` of `torch_network(version)`, saved as alexnet.pt (once per run: both crops modes use it)."""
+def script_network(version: ModelVersion, workdir: Path, network=None) -> Path:
+    """``torch.jit.trace`` of `network` (default `torch_network(version)`: a caller holding the module, such as a
+    test, passes it), saved as alexnet.pt (once per run: both crops modes use it)."""
     import warnings
 
     import torch
@@ -270,7 +271,7 @@ def script_network(version: ModelVersion, workdir: Path) -> Path:
     if pre.input_channels != 3 or pre.channel_order != "RGB" or pre.pixel_range != "0-1":
         raise PeerError(f"{version.path}: the TorchServe handler feeds RGB pixels in [0, 1], normalised; this model "
                         "takes other input")
-    model = torch_network(version)
+    model = torch_network(version) if network is None else network.eval()
     path = workdir / "torchserve-network" / "alexnet.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
