@@ -22,16 +22,19 @@ def test_alexnet_bench_help_works():
     command = [exe] if exe else [sys.executable, "-m", "bench.benchmark"]
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for flag in ("--model-store", "--int8", "--concurrency", "--quick", "--plot", "--json", "--service-env"):
+    for flag in ("--model-store", "--int8", "--concurrency", "--quick", "--plot", "--json", "--service-env", "--peers"):
         assert flag in done.stdout
 
 
 def test_bad_arguments_are_one_line_errors(capsys):
-    for argv in (["--concurrency", "0,4"], ["--crops", "five"], ["--service-env", "FOO=1"]):
+    for argv in (["--concurrency", "0,4"], ["--crops", "five"], ["--service-env", "FOO=1"], ["--peers", "triton"]):
         with pytest.raises(SystemExit) as info:
             benchmark.build_parser().parse_args(argv)
         assert info.value.code == 2
     assert "error" in capsys.readouterr().err
+    assert benchmark.build_parser().parse_args(["--peers"]).peers == ["litserve", "torchserve"]
+    assert benchmark.build_parser().parse_args(["--peers", "torchserve"]).peers == ["torchserve"]
+    assert benchmark.build_parser().parse_args([]).peers is None
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 99.9, 100])
