@@ -597,10 +597,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             services.append(("service int8", models.int8, service_env))
         if args.batching_off_too:
             services.append(("fp32 unbatched", models.fp32, {**service_env, "ALEXNET_BATCHING": "false"}))
-        targets = []
+        targets, pids = [], []  # pids: the servers' process groups, paused while a peer is measured
         for label, version, env in services:
             log(f"{label}: starting alexnet-serve on {version.path} ...")
-            url = servers.enter_context(service_server(version, workdir, env, label)).url
+            endpoint = servers.enter_context(service_server(version, workdir, env, label))
+            url = endpoint.url
+            pids.append(endpoint.pid)
             ceiling = None
             if not args.no_ceiling and label != "fp32 unbatched":
                 ceiling = Ceiling(version, settings)
@@ -609,11 +611,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 targets.append(Target("service fp32 v2", url, protocol="v2", model=version.name))
         if not args.no_baseline:
             log("naive baseline: starting uvicorn bench.naive_baseline:app ...")
-            targets.append(Target("naive baseline", servers.enter_context(baseline_server(workdir)).url))
+            baseline = servers.enter_context(baseline_server(workdir))
+            pids.append(baseline.pid)
+            targets.append(Target("naive baseline", baseline.url))
         result["runs"] = sweep(targets, images, plan, log)
         if args.peers:
             result["peers"], rows = peers.measure(args.peers, models.fp32, settings, targets[0].url, images, plan,
-                                                  workdir, log, args.peer_batch_delay_ms)
+                                                  workdir, log, args.peer_batch_delay_ms, service_pids=pids)
             result["runs"] += rows
         servers.close()  # the rollover measurement has the machine to itself
         if not args.no_rollover:

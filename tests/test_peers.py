@@ -74,6 +74,39 @@ def test_peer_answers_the_models_top5_and_takes_load(peer, exported, shared_serv
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         assert summary["errors"] == 0 and summary["ok"] >= 1, summary
         assert summary["images_per_s"] > 0
+        _paused_takes_no_request_and_resumes(peer, endpoint, photo_dir)
+
+
+def _group_states(pgid: int) -> dict[int, str]:
+    """pid → state letter ("T": stopped) of every process in the group, read from /proc (fields after the name)."""
+    states = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            states[int(stat.parent.name)] = fields[0]
+    return states
+
+
+def _paused_takes_no_request_and_resumes(peer, endpoint, photo_dir: Path) -> None:
+    """`peers.paused` (the fairness rule: the idle server is stopped while the other is measured): every process of
+    the peer's group is stopped, a request meanwhile gets no answer, and after it the same request is answered."""
+    import os
+
+    import httpx
+
+    path = sorted(photo_dir.iterdir())[0]
+    data = path.read_bytes()
+    group = os.getpgid(endpoint.pid)
+    assert len(_group_states(group)) >= 2  # the server and its worker(s)
+    with peers.paused([endpoint.pid]):
+        assert set(_group_states(group).values()) == {"T"}, _group_states(group)
+        with pytest.raises(httpx.TimeoutException):
+            peers.ask(endpoint.url, peer, path.name, data, "ten", timeout=2)
+    assert "T" not in _group_states(group).values()
+    assert len(peers.ask(endpoint.url, peer, path.name, data, "ten")) == 5
 
 
 def test_a_peer_that_answers_differently_is_refused():
