@@ -35,7 +35,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.peers import PEERS
+
 BUCKETS = ("inference", "decode + crops", "everything else")
+SERVERS = ("service", *PEERS)
 _PREPROCESS = re.compile(r"\((?:PIL/|torchvision/transforms/|service/preprocess\.py)|"
                          r"^(?:ten_crops|decode_request|preprocess) \((?:bench/peer_litserve\.py|"
                          r"bench/peer_torchserve_handler\.py)")
@@ -136,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-store", type=Path, help="fp32 model to serve (default: the benchmark's random-init "
                                                     "paper network, exported here)")
     p.add_argument("--model-name", help="model in --model-store (default: the only one)")
-    p.add_argument("--servers", default="service,litserve", help="comma-separated: service, litserve, torchserve")
+    p.add_argument("--servers", default="service,litserve", help=f"comma-separated: {', '.join(SERVERS)}")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--crops", choices=("ten", "center"), default="ten")
     p.add_argument("--seconds", type=float, default=15, help="sampled load window per server")
@@ -155,9 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.settings import Settings
 
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    bad = [n for n in names if n not in ("service", "litserve", "torchserve")]
+    bad = [n for n in names if n not in SERVERS]
     if bad:
-        p.error(f"--servers: unknown {', '.join(bad)} (service, litserve, torchserve)")
+        p.error(f"--servers: unknown {', '.join(bad)} ({', '.join(SERVERS)})")
     workdir = Path(tempfile.mkdtemp(prefix="alexnet-spy-"))
     models = resolve_models(argparse.Namespace(model_store=args.model_store, model_name=args.model_name,
                                                model_version=None, int8=False, int8_version=None), workdir, print)

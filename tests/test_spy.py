@@ -3,6 +3,8 @@ py-spy writes them for the service, LitServe and TorchServe."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench import spy
 
 SERVICE_RUN = ('process 10:"alexnet-serve";_bootstrap (threading.py:1002);worker (anyio/_backends/_asyncio.py:967);'
@@ -44,8 +46,6 @@ def test_summarise_counts_samples_and_per_image_cost():
 
 
 def test_a_bad_server_name_is_an_argparse_error(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exc:
         spy.main(["--servers", "service,triton"])
     assert exc.value.code == 2
